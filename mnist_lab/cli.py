@@ -1,0 +1,94 @@
+"""`mnist-lab`: the command line. Every user error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import paths
+from .device import DEVICES
+from .errors import LabError
+from .experiments import EXPERIMENTS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints the whole usage; one line says enough
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnist-lab", description="Regenerate the INT305 MNIST report's models, tables and figures.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train one experiment and write its run directory")
+    train.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
+                       help=f"one of: {', '.join(EXPERIMENTS)}")
+    train.add_argument("--epochs", type=_positive_int, help="override the report's number of epochs")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    train.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="fp32 is bit-faithful; auto uses bf16 autocast on CUDA only")
+    train.add_argument("--limit-train", type=_positive_int, help="train on the first N training images")
+    train.add_argument("--limit-test", type=_positive_int, help="evaluate on the first N test images")
+    train.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
+    train.add_argument("--download", action="store_true", help="fetch missing MNIST files with torchvision")
+    train.add_argument("--out", type=Path, help="run directory (default: artifacts/runs/EXPERIMENT-seedS)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _train(args) -> None:
+    from .data import load_mnist
+    from .experiments import get_experiment
+    from .runs import save_run
+    from .train import fit
+
+    experiment = get_experiment(args.experiment)
+    if args.epochs:
+        experiment = experiment.replace(epochs=args.epochs)
+    data = load_mnist(args.data_root, download=args.download)
+    result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
+                 limit_train=args.limit_train, limit_test=args.limit_test, data=data, progress=not args.no_progress)
+    out = args.out or paths.ARTIFACTS / "runs" / f"{experiment.name}-seed{args.seed}"
+    save_run(result, out)
+    metrics = result.metrics
+    print(f"{experiment.name}: test accuracy {metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs, "
+          f"{metrics['train_images_per_second']:.0f} images/s; run saved to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": _train}[args.command](args)
+    except LabError as error:
+        print(f"mnist-lab: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mnist-lab: interrupted; artifacts already written are intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

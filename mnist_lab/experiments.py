@@ -1,0 +1,91 @@
+"""The report's experiments as frozen, validated configs: one recipe each, saved beside every result."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .augment import Augmentation
+from .errors import LabError
+from .models import MODELS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: str  # a key of mnist_lab.models.MODELS
+    optimizer: str  # sgd | adam | adamw
+    lr: float
+    epochs: int
+    batch_size: int = 64  # the report does not say; 64 is the usual MNIST choice
+    weight_decay: float = 0.0
+    lr_step: int = 0  # StepLR: multiply the learning rate by lr_gamma every lr_step epochs (0 = constant)
+    lr_gamma: float = 0.1
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    model_args: dict = field(default_factory=dict)  # overrides of the model's constructor defaults
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise LabError(f"experiment {self.name!r}: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise LabError(f"experiment {self.name!r}: unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("lr_step", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise LabError(f"experiment {self.name!r}: {name} must be an integer >= {minimum}, got {value!r}")
+        for name in ("lr", "weight_decay", "lr_gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise LabError(f"experiment {self.name!r}: {name} must be a non-negative number, got {value!r}")
+
+    def replace(self, **overrides) -> Experiment:
+        """A copy with some fields changed; unknown fields and wrong types are errors, not warnings."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise LabError(f"unknown experiment field {key!r}; valid fields: {', '.join(fields)}")
+            expected = type(getattr(self, key))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                continue  # an integer is a fine learning rate
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise LabError(f"experiment field {key!r} must be {expected.__name__}, got {value!r}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Rotation range: the report does not give one; ±10° is the common choice for digits
+# (larger angles start to turn a 6 into a 9's neighbourhood).
+ROTATE = Augmentation(max_rotation=10.0)
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in [
+        # Table 1: plain SGD without momentum, no augmentation.
+        Experiment("basic_cnn", model="basic_cnn", optimizer="sgd", lr=0.01, epochs=3),
+        # Table 2. The report *says* it used random flipping and rotation, but its numbers
+        # match rotation alone (FIELD.md measured 98.14% with the flip against the report's
+        # 98.95%; a mirrored digit is a different digit or none). The tables therefore use
+        # rotation only; `cnn_flip` is the recipe as worded, trained in the Q2 notebook's ablation.
+        Experiment("cnn", model="cnn", optimizer="adam", lr=1e-3, epochs=5, augmentation=ROTATE),
+        Experiment("cnn_flip", model="cnn", optimizer="adam", lr=1e-3, epochs=5,
+                   augmentation=Augmentation(hflip=True, max_rotation=10.0)),
+        # Table 3: the report is silent on augmentation; a training accuracy above the
+        # test accuracy from epoch 2 on (99.38% vs 98.88%) points to none.
+        Experiment("mobilenet", model="mobilenet", optimizer="adam", lr=1e-3, epochs=5),
+        # Table 4: AdamW with a tenfold learning-rate drop every 3 epochs. The report is silent
+        # on augmentation; its training accuracy stays below the test accuracy all along
+        # (96.95% vs 98.90%), which dropout alone hardly explains, so the ViT gets the rotation too.
+        Experiment("vit", model="vit", optimizer="adamw", lr=1e-3, epochs=10, weight_decay=1e-4,
+                   lr_step=3, lr_gamma=0.1, augmentation=ROTATE),
+    ]
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise LabError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]

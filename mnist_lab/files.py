@@ -1,0 +1,60 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one.
+
+Each writer writes a temporary file beside the target and renames it into place;
+`os.replace` is atomic on POSIX and Windows, so a run killed mid-write (Ctrl-C, an
+exception, a dead kernel) leaves the previous artifact intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(target: str | Path):
+    """Yield a temporary path to write; on success it replaces `target`, on failure it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + target.suffix)
+    os.close(fd)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(target: str | Path, data) -> None:
+    write_text(target, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_dir(target: str | Path):
+    """Yield an empty staging folder; on success it takes the place of `target` as a whole."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    try:
+        yield staging
+        if target.exists():
+            # Two renames, not one: a folder cannot be renamed over a non-empty one.
+            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, retired / "previous")
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

@@ -1,0 +1,19 @@
+"""Absolute paths of the project, so code works from any working directory.
+
+Papermill runs a notebook with its own directory as the working directory, and
+the CLI may be started from anywhere; every path is therefore derived from the
+location of this file, never from `os.getcwd()`.
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"  # the MNIST files the repository carries (gzipped)
+NOTEBOOKS = ROOT / "notebooks"
+REPORT = ROOT / "report"
+ARTIFACTS = ROOT / "artifacts"  # everything a run generates; never committed
+
+
+def profile_dir(profile: str) -> Path:
+    """Where one profile's outputs live: a smoke run never touches the full run's files."""
+    return ARTIFACTS / profile

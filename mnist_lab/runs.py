@@ -1,0 +1,62 @@
+"""Run directories: a training result as files, so figures and tables are drawn from disk.
+
+    <run>/config.json       the experiment's recipe, the seed and the run settings
+    <run>/history.csv       one row per epoch (accuracies in percent)
+    <run>/metrics.json      the final numbers the report quotes
+    <run>/predictions.csv   test-set label and predicted class, for confusion matrices
+    <run>/environment.json  torch and CUDA versions, device, threads
+    <run>/model.pt          the trained weights (state_dict)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .files import atomic_dir, write_json
+from .train import RunResult
+
+
+def save_run(result: RunResult, directory: str | Path) -> Path:
+    """Write `result` to `directory` as a whole: an interrupted save leaves the previous run intact."""
+    directory = Path(directory)
+    with atomic_dir(directory) as staging:
+        config = {"experiment": result.experiment.to_dict(), "seed": result.seed, **result.settings}
+        write_json(staging / "config.json", config)
+        result.history.to_csv(staging / "history.csv", index=False)
+        write_json(staging / "metrics.json", result.metrics)
+        pd.DataFrame({"label": result.labels.numpy(), "prediction": result.predictions.numpy()}).to_csv(
+            staging / "predictions.csv", index=False
+        )
+        write_json(staging / "environment.json", result.environment)
+        torch.save(result.model.state_dict(), staging / "model.pt")
+    return directory
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory read back: what notebooks draw figures and tables from."""
+
+    directory: Path
+    config: dict
+    history: pd.DataFrame
+    metrics: dict
+    predictions: pd.DataFrame
+    environment: dict
+
+
+def load_run(directory: str | Path) -> Run:
+    directory = Path(directory)
+    read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+    return Run(
+        directory=directory,
+        config=read("config.json"),
+        history=pd.read_csv(directory / "history.csv"),
+        metrics=read("metrics.json"),
+        predictions=pd.read_csv(directory / "predictions.csv"),
+        environment=read("environment.json"),
+    )

@@ -1,0 +1,194 @@
+"""The trainer: MNIST resident on the device, batches by permutation, augmentation batched.
+
+One epoch is a loop over slices of a random permutation. There is no DataLoader, no
+per-sample transform and no host sync per step: losses and correct counts are summed
+on the device and read once per epoch (and every `CHECK_EVERY` steps, to stop early
+on a NaN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import augment
+from .data import Mnist, Split, load_mnist, normalize
+from .device import environment, resolve_device
+from .errors import LabError
+from .experiments import Experiment
+from .models import count_parameters, create_model
+
+CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
+EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class RunResult:
+    """What one training run produced; `runs.save_run` writes it to a run directory."""
+
+    experiment: Experiment
+    seed: int
+    settings: dict  # device, precision, subset sizes: everything besides the recipe
+    history: pd.DataFrame  # one row per epoch; accuracies in percent
+    labels: torch.Tensor  # test-set labels, on the CPU
+    predictions: torch.Tensor  # test-set predicted classes after the last epoch
+    model: nn.Module
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict:
+        last = self.history.iloc[-1]
+        return {
+            "experiment": self.experiment.name,
+            "seed": self.seed,
+            "epochs": int(last["epoch"]),
+            "train_loss": float(last["train_loss"]),
+            "train_accuracy": float(last["train_accuracy"]),
+            "test_loss": float(last["test_loss"]),
+            "test_accuracy": float(last["test_accuracy"]),
+            "parameters": count_parameters(self.model),
+            "train_seconds": float(self.history["train_seconds"].sum()),
+            "train_images_per_second": float(
+                self.settings["train_size"] * len(self.history) / self.history["train_seconds"].sum()
+            ),
+        }
+
+
+def fit(
+    experiment: Experiment,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    data: Mnist | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train `experiment` from scratch and evaluate it on the test set after every epoch.
+
+    precision: `fp32` is bit-faithful; `bf16` autocasts matmuls and convolutions on a GPU;
+    `auto` means bf16 on CUDA and fp32 elsewhere.
+    """
+    if precision not in PRECISIONS:
+        raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    target = resolve_device(device)
+    if precision == "auto":
+        precision = "bf16" if target.type == "cuda" else "fp32"
+    data = data or load_mnist()
+    train_set = data.train.head(limit_train).to(target)
+    test_set = data.test.head(limit_test).to(target)
+
+    torch.manual_seed(seed)  # model initialisation and dropout
+    generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
+    model = create_model(experiment.model, **experiment.model_args).to(target)
+    # channels_last lets cuDNN use its fastest convolution kernels; no change to the math.
+    memory_format = torch.channels_last if target.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = _optimizer(model, experiment, fused=target.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma) if experiment.lr_step else None
+    autocast = (
+        torch.autocast(target.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+
+    rows = []
+    for epoch in range(1, experiment.epochs + 1):
+        start = time.perf_counter()
+        bar = tqdm(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
+                   disable=not progress, leave=True)
+        train_loss, train_accuracy = _train_epoch(model, optimizer, train_set, experiment, generator,
+                                                  autocast, memory_format, epoch, bar)
+        train_seconds = time.perf_counter() - start
+        if scheduler:
+            scheduler.step()
+        test_loss, test_accuracy, predictions = evaluate(model, test_set, autocast, memory_format)
+        bar.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.2f}%")
+        bar.close()
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "test_loss": test_loss,
+                "test_accuracy": test_accuracy,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+
+    settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
+                "limit_train": limit_train, "limit_test": limit_test}
+    return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
+                     model, environment(target))
+
+
+def _optimizer(model: nn.Module, experiment: Experiment, fused: bool) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if experiment.optimizer == "sgd":  # plain SGD, no momentum, as in the report
+        return torch.optim.SGD(params, lr=experiment.lr, weight_decay=experiment.weight_decay)
+    optimizer_class = torch.optim.Adam if experiment.optimizer == "adam" else torch.optim.AdamW
+    # fused=True runs the whole update as a few CUDA kernels; on the CPU the default is right.
+    kwargs = {"fused": True} if fused else {}
+    return optimizer_class(params, lr=experiment.lr, weight_decay=experiment.weight_decay, **kwargs)
+
+
+def _inputs(images: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, 28, 28) to float (B, 1, 28, 28) pixels in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255).contiguous(memory_format=memory_format)
+
+
+def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, generator, autocast, memory_format,
+                 epoch: int, bar) -> tuple[float, float]:
+    model.train()
+    n = len(train_set)
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    loss_sum = torch.zeros((), device=generator.device)
+    correct = torch.zeros((), dtype=torch.long, device=generator.device)
+    for step, start in enumerate(range(0, n, experiment.batch_size), 1):
+        batch = order[start : start + experiment.batch_size]
+        # Augment in pixel space, where 0 is the black background the rotation fills in.
+        x = normalize(augment(_inputs(train_set.images[batch], memory_format), experiment.augmentation, generator))
+        y = train_set.labels[batch]
+        with autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().float() * len(batch)
+        correct += (logits.argmax(1) == y).sum()
+        bar.update(len(batch))
+        if step % CHECK_EVERY == 0 or start + experiment.batch_size >= n:
+            if not torch.isfinite(loss_sum):
+                raise LabError(
+                    f"{experiment.name}: the training loss became {loss.item()} in epoch {epoch} (step {step}); "
+                    "the run was stopped. Try a lower learning rate."
+                )
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, autocast=contextlib.nullcontext(),
+             memory_format=torch.contiguous_format) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy in percent and predicted classes of `model` on `split`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    predictions = []
+    for start in range(0, len(split), EVAL_BATCH):
+        x = normalize(_inputs(split.images[start : start + EVAL_BATCH], memory_format))
+        y = split.labels[start : start + EVAL_BATCH]
+        with autocast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        predictions.append(logits.argmax(1))
+    predictions = torch.cat(predictions)
+    accuracy = 100.0 * (predictions == split.labels).sum().item() / len(split)
+    return loss_sum.item() / len(split), accuracy, predictions

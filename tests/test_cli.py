@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mnist_lab.cli import main
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "resnet"], "invalid choice: 'resnet'"),
+        (["train", "cnn", "--epochs", "three"], "expected a positive integer, got 'three'"),
+        (["train", "cnn", "--epochs", "0"], "expected a positive integer, got 0"),
+        (["train", "cnn", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["fly"], "invalid choice: 'fly'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_one_line(capsys, tmp_path):
+    assert main(["train", "cnn", "--device", "cuda", "--out", str(tmp_path / "run")]) == 1
+    assert "no CUDA GPU" in _one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_is_one_line(capsys, tmp_path):
+    assert main(["train", "cnn", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
+    assert "MNIST not found" in _one_line_error(capsys)
+
+
+def test_train_writes_a_run_directory(tmp_path):
+    out = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "mnist_lab", "train", "basic_cnn", "--epochs", "1", "--limit-train", "256",
+         "--limit-test", "128", "--seed", "3", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "basic_cnn: test accuracy" in completed.stdout
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "metrics.json", "predictions.csv",
+                                               "environment.json", "model.pt"}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["seed"], config["train_size"], config["test_size"]) == (3, 256, 128)
+    assert config["experiment"]["epochs"] == 1

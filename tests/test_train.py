@@ -1,0 +1,86 @@
+import pandas as pd
+import pytest
+import torch
+
+from mnist_lab.errors import LabError
+from mnist_lab.experiments import EXPERIMENTS, get_experiment
+from mnist_lab.files import atomic_dir
+from mnist_lab.runs import load_run, save_run
+from mnist_lab.train import fit
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "train_seconds", "seconds"]
+
+
+def test_short_training_lowers_the_loss(small_mnist):
+    result = fit(get_experiment("cnn").replace(epochs=3), data=small_mnist, device="cpu", progress=False)
+    history = result.history
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert history["test_accuracy"].iloc[-1] > 50  # chance is 10%
+    assert len(result.predictions) == len(small_mnist.test)
+    assert result.settings["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("name", ["basic_cnn", "vit"])
+def test_same_seed_same_history_on_cpu(small_mnist, name):
+    experiment = get_experiment(name).replace(epochs=2)
+    runs = [fit(experiment, seed=7, data=small_mnist, device="cpu", progress=False) for _ in range(2)]
+    timing = ["train_seconds", "seconds"]
+    pd.testing.assert_frame_equal(runs[0].history.drop(columns=timing), runs[1].history.drop(columns=timing))
+    assert torch.equal(runs[0].predictions, runs[1].predictions)
+
+
+def test_other_seed_other_history(small_mnist):
+    experiment = get_experiment("basic_cnn").replace(epochs=1)
+    a, b = (fit(experiment, seed=s, data=small_mnist, device="cpu", progress=False) for s in (0, 1))
+    assert a.history["train_loss"][0] != b.history["train_loss"][0]
+
+
+def test_a_diverging_loss_stops_the_run(small_mnist):
+    experiment = get_experiment("basic_cnn").replace(lr=1e12, epochs=1)
+    with pytest.raises(LabError, match="basic_cnn: the training loss became .* Try a lower learning rate"):
+        fit(experiment, data=small_mnist, device="cpu", progress=False)
+
+
+def test_experiments_carry_the_report_recipes():
+    assert EXPERIMENTS["basic_cnn"].optimizer == "sgd" and EXPERIMENTS["basic_cnn"].epochs == 3
+    assert EXPERIMENTS["cnn"].optimizer == "adam" and EXPERIMENTS["cnn"].augmentation.max_rotation > 0
+    assert EXPERIMENTS["cnn_flip"].augmentation.hflip
+    vit = EXPERIMENTS["vit"]
+    assert (vit.optimizer, vit.lr, vit.weight_decay, vit.lr_step, vit.epochs) == ("adamw", 1e-3, 1e-4, 3, 10)
+    assert all(e.batch_size == 64 for e in EXPERIMENTS.values())
+
+
+def test_experiment_overrides_are_checked():
+    cnn = get_experiment("cnn")
+    with pytest.raises(LabError, match="unknown experiment field 'epoch'"):
+        cnn.replace(epoch=3)
+    with pytest.raises(LabError, match="'epochs' must be int"):
+        cnn.replace(epochs="3")
+    with pytest.raises(LabError, match="epochs must be an integer >= 1"):
+        cnn.replace(epochs=0)
+    with pytest.raises(LabError, match="unknown experiment 'resnet'"):
+        get_experiment("resnet")
+
+
+def test_run_directory_round_trip(small_mnist, tmp_path):
+    result = fit(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False)
+    run = load_run(save_run(result, tmp_path / "run"))
+    assert run.metrics["test_accuracy"] == result.history["test_accuracy"].iloc[-1]
+    assert run.config["experiment"]["name"] == "basic_cnn" and run.config["seed"] == 0
+    assert run.environment["torch"] == torch.__version__
+    assert (run.predictions["prediction"].to_numpy() == result.predictions.numpy()).all()
+    assert (tmp_path / "run" / "model.pt").stat().st_size > 1_000_000
+
+
+def test_failed_write_keeps_the_previous_directory(tmp_path):
+    target = tmp_path / "run"
+    with atomic_dir(target) as staging:
+        (staging / "metrics.json").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as staging:
+            (staging / "metrics.json").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (target / "metrics.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
