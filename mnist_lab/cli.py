@@ -55,7 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--download", action="store_true", help="fetch missing MNIST files with torchvision")
     train.add_argument("--out", type=Path, help="run directory (default: artifacts/runs/EXPERIMENT-seedS)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
+    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all, in order)")
+    run.add_argument("--profile", choices=("full", "smoke"), default="full",
+                     help="full: the report's schedule on all of MNIST; smoke: small subsets, minutes on a CPU")
+    run.add_argument("--device", choices=DEVICES, help="passed to the notebooks that train (their default: auto)")
+    run.add_argument("--seeds", type=_non_negative_int, nargs="+", help="train each experiment once per seed")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar per notebook")
     return parser
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word is a string
+
+
+def _run(args) -> None:
+    from . import notebooks
+
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    shared = {"device": args.device, "seeds": args.seeds}
+    shared = {key: value for key, value in shared.items() if value is not None}
+    notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
+                          progress=not args.no_progress)
 
 
 def _train(args) -> None:
@@ -80,7 +109,7 @@ def _train(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train}[args.command](args)
+        {"train": _train, "run": _run}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

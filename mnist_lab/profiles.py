@@ -1,0 +1,35 @@
+"""Run profiles: the report's full schedule, or a smoke run that finishes in minutes on a CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import LabError
+from .experiments import Experiment
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    limit_train: int | None  # first N training images; None = all 60,000
+    limit_test: int | None  # first N test images; None = all 10,000
+    max_epochs: int | None  # cap on each experiment's epochs; None = the report's
+
+    def apply(self, experiment: Experiment) -> Experiment:
+        if self.max_epochs is None or experiment.epochs <= self.max_epochs:
+            return experiment
+        return experiment.replace(epochs=self.max_epochs)
+
+
+PROFILES = {
+    "full": Profile("full", None, None, None),
+    # Two epochs, so curves have two points and the ViT's schedule is exercised; 1,000
+    # training images are enough for every model to land well above chance.
+    "smoke": Profile("smoke", limit_train=1000, limit_test=500, max_epochs=2),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise LabError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    return PROFILES[name]

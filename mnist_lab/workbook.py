@@ -1,0 +1,117 @@
+"""What a notebook calls: training runs by name, and figures, tables and macros written for LaTeX.
+
+    wb = Workbook("q2_cnn", profile=profile, device=device, seeds=seeds)
+    runs = wb.runs("cnn")                   # trained once, then read from disk
+    wb.figure(figures.loss_curve(runs), "cnn_loss")
+    wb.table(tables.history(runs), "cnn_history")
+    wb.macro("CnnTestAccuracy", "98.95")
+
+Outputs go to artifacts/<profile>/: a smoke run never overwrites the full run's files.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from . import paths
+from .data import Mnist, load_mnist
+from .device import DEVICES, resolve_device
+from .errors import LabError
+from .experiments import get_experiment
+from .files import atomic_path, write_text
+from .profiles import get_profile
+from .provenance import fingerprint
+from .runs import Run, load_run, save_run
+from .train import fit
+
+# Vector PDFs that journals accept (TrueType, not Type 3, fonts) and that are byte-stable
+# across re-runs (no creation date).
+FIGURE_STYLE = {"pdf.fonttype": 42, "ps.fonttype": 42, "figure.dpi": 100, "savefig.bbox": "tight"}
+PDF_METADATA = {"CreationDate": None, "Creator": None, "Producer": None}
+PNG_METADATA = {"Software": None}
+
+
+class Workbook:
+    def __init__(self, notebook: str, *, profile: str = "smoke", device: str = "auto", seeds=(0,)):
+        self.notebook = notebook
+        self.profile = get_profile(profile)
+        if device not in DEVICES:
+            raise LabError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+        self.device = device
+        seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
+        if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+        ):
+            raise LabError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+        self.seeds = seeds
+        self.directory = paths.profile_dir(self.profile.name)
+        self._macros: dict[str, str] = {}
+        matplotlib.rcParams.update(FIGURE_STYLE)
+
+    @cached_property
+    def data(self) -> Mnist:
+        return load_mnist()
+
+    # ---- training runs -------------------------------------------------------------
+
+    def runs(self, experiment_name: str) -> list[Run]:
+        """One run per seed of the named experiment under this profile."""
+        return [self.run(experiment_name, seed) for seed in self.seeds]
+
+    def run(self, experiment_name: str, seed: int = 0) -> Run:
+        """Train the experiment, or read the saved run if its inputs have not changed."""
+        experiment = self.profile.apply(get_experiment(experiment_name))
+        device = resolve_device(self.device)
+        key = fingerprint(experiment=experiment.to_dict(), seed=seed, device=device.type,
+                          limit_train=self.profile.limit_train, limit_test=self.profile.limit_test)
+        directory = self.directory / "runs" / experiment.name / f"seed{seed}"
+        if (directory / "config.json").exists() and json.loads((directory / "config.json").read_text()).get("fingerprint") == key:
+            return load_run(directory)
+        result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
+                     limit_test=self.profile.limit_test, data=self.data)
+        result.settings["fingerprint"] = key
+        return load_run(save_run(result, directory))
+
+    # ---- outputs for LaTeX -----------------------------------------------------------
+
+    def figure(self, fig: plt.Figure, name: str) -> plt.Figure:
+        """Save `fig` as figures/<name>.pdf (for LaTeX) and .png (for people); return it for display."""
+        for suffix, metadata in ((".pdf", PDF_METADATA), (".png", PNG_METADATA)):
+            target = self.directory / "figures" / f"{name}{suffix}"
+            with atomic_path(target) as temporary:
+                fig.savefig(temporary, format=suffix[1:], metadata=metadata, dpi=150)
+        return fig
+
+    def table(self, frame: pd.DataFrame, name: str, **format_kwargs) -> pd.DataFrame:
+        """Save `frame` as tables/<name>.csv and a booktabs tables/<name>.tex; return it for display.
+
+        format_kwargs go to `Styler.format` (e.g. precision=4); text is escaped for LaTeX.
+        """
+        format_kwargs.setdefault("escape", "latex")
+        with atomic_path(self._path("tables", f"{name}.csv")) as temporary:
+            frame.to_csv(temporary, index=False)
+        latex = frame.style.hide(axis="index").format(**format_kwargs).to_latex(
+            hrules=True, column_format="r" * len(frame.columns)
+        )
+        write_text(self._path("tables", f"{name}.tex"), latex)
+        return frame
+
+    def macro(self, name: str, value) -> None:
+        """Define \\<name> in macros/<notebook>.tex: prose quotes results through these, never by hand."""
+        if not name.isalpha():
+            raise LabError(f"a LaTeX macro name has letters only, got {name!r}")
+        self._macros[name] = str(value)
+        lines = [f"% Generated by notebooks/{self.notebook}.ipynb (profile {self.profile.name}); do not edit."]
+        lines += [f"\\newcommand{{\\{key}}}{{{text}}}" for key, text in sorted(self._macros.items())]
+        write_text(self._path("macros", f"{self.notebook}.tex"), "\n".join(lines) + "\n")
+
+    def _path(self, kind: str, filename: str) -> Path:
+        path = self.directory / kind / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
