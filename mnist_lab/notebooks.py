@@ -31,11 +31,20 @@ def check_parameters(name: str, parameters: dict) -> None:
     for key, value in parameters.items():
         if key not in declared:
             raise LabError(f"notebook {name} has no parameter {key!r}; its parameters: {', '.join(declared)}")
-        expected = type(declared[key])
-        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(declared[key], bool):
+        if not _same_shape(value, declared[key]):
             raise LabError(
-                f"notebook {name}: parameter {key!r} must be {expected.__name__} like {declared[key]!r}, got {value!r}"
+                f"notebook {name}: parameter {key!r} must be {type(declared[key]).__name__} "
+                f"like {declared[key]!r}, got {value!r}"
             )
+
+
+def _same_shape(value, default) -> bool:
+    """Same type as the default (bool is not an int here); a list's items like the default's first."""
+    if type(value) is not type(default):
+        return isinstance(default, float) and type(value) is int  # 1 is a fine float
+    if isinstance(default, list) and default:
+        return all(_same_shape(item, default[0]) for item in value)
+    return True
 
 
 def executed_path(name: str, profile: str) -> Path:
@@ -68,8 +77,10 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
             )
         except PapermillExecutionError as error:
             temporary.replace(output)  # the failed notebook is the log: keep it
+            first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
             raise LabError(
-                f"notebook {name} failed in cell [{error.exec_count}] with {error.ename}: {error.evalue.strip()}; "
+                f"notebook {name} failed in cell [{error.exec_count}] ({first_line}) with {error.ename}: "
+                f"{error.evalue.strip()}; "
                 f"the executed notebook is kept at {output}"
             ) from None
     return output

@@ -5,13 +5,16 @@ the CLI may be started from anywhere; every path is therefore derived from the
 location of this file, never from `os.getcwd()`.
 """
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"  # the MNIST files the repository carries (gzipped)
 NOTEBOOKS = ROOT / "notebooks"
 REPORT = ROOT / "report"
-ARTIFACTS = ROOT / "artifacts"  # everything a run generates; never committed
+# Everything a run generates; never committed. Tests point it elsewhere through the
+# environment, which the notebook kernels that papermill starts inherit.
+ARTIFACTS = Path(os.environ.get("MNIST_LAB_ARTIFACTS") or ROOT / "artifacts")
 
 
 def profile_dir(profile: str) -> Path:

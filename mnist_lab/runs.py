@@ -60,3 +60,13 @@ def load_run(directory: str | Path) -> Run:
         predictions=pd.read_csv(directory / "predictions.csv"),
         environment=read("environment.json"),
     )
+
+
+def load_model(run: Run, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained network of a run, in evaluation mode."""
+    from .models import create_model
+
+    experiment = run.config["experiment"]
+    model = create_model(experiment["model"], **experiment["model_args"])
+    model.load_state_dict(torch.load(run.directory / "model.pt", map_location=device))
+    return model.to(device).eval()

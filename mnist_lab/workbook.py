@@ -37,6 +37,16 @@ PDF_METADATA = {"CreationDate": None, "Creator": None, "Producer": None}
 PNG_METADATA = {"Software": None}
 
 
+def macro_prefix(experiment_name: str) -> str:
+    """basic_cnn -> BasicCnn: LaTeX macro names have letters only."""
+    return "".join(part.capitalize() for part in experiment_name.split("_"))
+
+
+def latex_integer(value: float) -> str:
+    """12345.6 -> 12{,}346: thousands separated, without LaTeX's extra space after a comma."""
+    return f"{value:,.0f}".replace(",", "{,}")
+
+
 class Workbook:
     def __init__(self, notebook: str, *, profile: str = "smoke", device: str = "auto", seeds=(0,)):
         self.notebook = notebook
@@ -77,6 +87,29 @@ class Workbook:
                      limit_test=self.profile.limit_test, data=self.data)
         result.settings["fingerprint"] = key
         return load_run(save_run(result, directory))
+
+    def summarize(self, experiment_name: str) -> list[Run]:
+        """The experiment's runs, with their headline numbers written as macros and printed.
+
+        Macros are named after the experiment: basic_cnn gives \\BasicCnnTestAccuracy,
+        \\BasicCnnEpochs, \\BasicCnnParameters, ... (means over the seeds).
+        """
+        from .reference import report_final_test_accuracy
+        from .tables import mean_at
+
+        runs = self.runs(experiment_name)
+        prefix = macro_prefix(experiment_name)
+        epochs = len(runs[0].history)
+        self.macro(f"{prefix}TestAccuracy", f"{mean_at(runs, 'test_accuracy'):.2f}")
+        self.macro(f"{prefix}TrainAccuracy", f"{mean_at(runs, 'train_accuracy'):.2f}")
+        self.macro(f"{prefix}FirstLoss", f"{mean_at(runs, 'train_loss', 0):.4f}")
+        self.macro(f"{prefix}LastLoss", f"{mean_at(runs, 'train_loss'):.4f}")
+        self.macro(f"{prefix}Epochs", epochs)
+        self.macro(f"{prefix}Parameters", latex_integer(runs[0].metrics["parameters"]))
+        model = runs[0].config["experiment"]["model"]
+        print(f"{experiment_name}: test accuracy {mean_at(runs, 'test_accuracy'):.2f}% after {epochs} epochs, "
+              f"mean of {len(runs)} seed(s) (the report: {report_final_test_accuracy(model):.2f}%)")
+        return runs
 
     # ---- outputs for LaTeX -----------------------------------------------------------
 

@@ -15,3 +15,19 @@ def small_mnist(mnist):
     from mnist_lab.data import Mnist
 
     return Mnist(train=mnist.train.head(512), test=mnist.test.head(256))
+
+
+@pytest.fixture(scope="session")
+def smoke_artifacts(tmp_path_factory):
+    """Every notebook executed once by papermill under the smoke profile, into a temporary folder.
+
+    The kernels papermill starts read MNIST_LAB_ARTIFACTS; this process reads paths.ARTIFACTS.
+    """
+    from mnist_lab import notebooks, paths
+
+    root = tmp_path_factory.mktemp("artifacts")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNIST_LAB_ARTIFACTS", str(root))
+        patch.setattr(paths, "ARTIFACTS", root)
+        notebooks.execute_all(None, profile="smoke", progress=False)
+        yield root / "smoke"
