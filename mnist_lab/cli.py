@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -64,7 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_non_negative_int, nargs="+", help="train each experiment once per seed")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
+    run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
     run.add_argument("--no-progress", action="store_true", help="no progress bar per notebook")
+
+    status = commands.add_parser("status", help="list each notebook's artifacts as fresh or stale, and why")
+    status.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all)")
+    status.add_argument("--profile", choices=("full", "smoke"), default="full", help="whose artifacts")
+    status.add_argument("--device", choices=DEVICES, help="as for `run`: a change of parameter makes a notebook stale")
+    status.add_argument("--seeds", type=_non_negative_int, nargs="+", help="as for `run`")
+    status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="as for `run`")
+
+    report = commands.add_parser("report", help="build the LaTeX report from a profile's artifacts into a PDF")
+    report.add_argument("--profile", choices=("full", "smoke"), default="full",
+                        help="whose artifacts: artifacts/PROFILE/ (run `mnist-lab run --profile PROFILE` first)")
+    report.add_argument("--force", action="store_true", help="rebuild the PDF even if latexmk finds it up to date")
+    report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
     return parser
 
 
@@ -77,14 +93,44 @@ def _literal(text: str):
         return text  # a bare word is a string
 
 
+def _parameters(args) -> tuple[dict, dict]:
+    """The -p parameters (each checked against its notebook) and the shared --device/--seeds."""
+    parameters = {name: _literal(value) for name, value in args.parameter}
+    shared = {"device": args.device, "seeds": args.seeds}
+    return parameters, {key: value for key, value in shared.items() if value is not None}
+
+
 def _run(args) -> None:
     from . import notebooks
 
-    parameters = {name: _literal(value) for name, value in args.parameter}
-    shared = {"device": args.device, "seeds": args.seeds}
-    shared = {key: value for key, value in shared.items() if value is not None}
+    parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
-                          progress=not args.no_progress)
+                          force=args.force, progress=not args.no_progress)
+
+
+def _status(args) -> None:
+    from . import notebooks, paths, provenance
+
+    parameters, shared = _parameters(args)
+    directory = paths.profile_dir(args.profile)
+    print(f"profile {args.profile}: {directory}")
+    for name in args.notebooks or notebooks.available():
+        reasons = notebooks.status(name, args.profile, parameters, shared)
+        record_file = provenance.record_path(args.profile, name)
+        record = json.loads(record_file.read_text()) if record_file.exists() else {"outputs": {}}
+        when = f"ran {record['started']}, {record['wall_seconds']:.0f} s" if "started" in record else "not run"
+        print(f"{name}: {'STALE' if reasons else 'fresh'} ({when})")
+        for reason in reasons:
+            print(f"    because {reason}")
+        for output in record["outputs"]:
+            print(f"    {'stale' if reasons else 'fresh'}  {output}")
+
+
+def _report(args) -> None:
+    from . import report
+
+    pdf, changed = report.build(args.profile, force=args.force, verbose=args.verbose)
+    print(f"report ({args.profile}): {pdf} ({'rebuilt' if changed else 'up to date'})")
 
 
 def _train(args) -> None:
@@ -109,7 +155,7 @@ def _train(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "run": _run}[args.command](args)
+        {"train": _train, "run": _run, "status": _status, "report": _report}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

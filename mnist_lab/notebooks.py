@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from . import paths
+from . import paths, provenance
 from .errors import LabError
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .profiles import get_profile
 
 
@@ -51,49 +53,111 @@ def executed_path(name: str, profile: str) -> Path:
     return paths.profile_dir(profile) / "notebooks" / f"{name}.ipynb"
 
 
-def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-            progress: bool = True) -> Path:
-    """Run one notebook headlessly; the executed copy is kept, also when a cell fails.
+def effective_parameters(name: str, profile: str, parameters: dict | None = None,
+                         shared: dict | None = None) -> dict:
+    """The parameters a run of `name` would see: the notebook's defaults, then what was given.
 
     `parameters` must all be declared by the notebook; `shared` ones (device, seeds) go
     only to the notebooks that declare them, so one command can set them for all.
     """
+    _check_name(name)
+    get_profile(profile)
+    declared = declared_parameters(name)
+    given = {"profile": profile, **{k: v for k, v in (shared or {}).items() if k in declared}, **(parameters or {})}
+    check_parameters(name, given)
+    return {**declared, **given}
+
+
+def status(name: str, profile: str, parameters: dict | None = None, shared: dict | None = None) -> list[str]:
+    """Why the notebook's artifacts are stale under these parameters (empty: fresh)."""
+    record_file = provenance.record_path(profile, name)
+    record = json.loads(record_file.read_text()) if record_file.exists() else None
+    return provenance.staleness(
+        record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
+        parameters=effective_parameters(name, profile, parameters, shared), profile_dir=paths.profile_dir(profile),
+    )
+
+
+def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
+            progress: bool = True) -> Path:
+    """Run one notebook headlessly and write its provenance record.
+
+    The executed copy is kept, also when a cell fails: it is the log.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    if name not in available():
-        raise LabError(f"unknown notebook {name!r}; choose from: {', '.join(available())}")
-    get_profile(profile)
-    declared = declared_parameters(name)
-    shared = {key: value for key, value in (shared or {}).items() if key in declared}
-    parameters = {"profile": profile, **shared, **(parameters or {})}
-    check_parameters(name, parameters)
+    effective = effective_parameters(name, profile, parameters, shared)
+    source = paths.NOTEBOOKS / f"{name}.ipynb"
+    inputs = {"notebook": name, "profile": profile, "parameters": effective,
+              "notebook_hash": provenance.notebook_code_hash(source), "data": provenance.data_hashes(),
+              "git": provenance.git_state(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    session = provenance.session_path(profile, name)
+    session.unlink(missing_ok=True)
     output = executed_path(name, profile)
+    start = time.perf_counter()
     with atomic_path(output) as temporary:  # the previous executed copy stays until this one is done
         try:
             papermill.execute_notebook(
-                str(paths.NOTEBOOKS / f"{name}.ipynb"), str(temporary), parameters=parameters,
-                cwd=str(paths.NOTEBOOKS), kernel_name="python3", progress_bar=progress,
+                str(source), str(temporary), parameters=effective, cwd=str(paths.NOTEBOOKS),
+                kernel_name="python3", progress_bar=progress,
             )
         except PapermillExecutionError as error:
             temporary.replace(output)  # the failed notebook is the log: keep it
             first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
             raise LabError(
                 f"notebook {name} failed in cell [{error.exec_count}] ({first_line}) with {error.ename}: "
-                f"{error.evalue.strip()}; "
-                f"the executed notebook is kept at {output}"
+                f"{error.evalue.strip()}; the executed notebook is kept at {output}"
             ) from None
+        except Exception as error:  # the kernel died (out of memory, killed) or would not start
+            if temporary.stat().st_size:
+                temporary.replace(output)
+            raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
+                           f"what ran is kept at {output}") from None
+    _write_record(name, profile, inputs, session, wall_seconds=time.perf_counter() - start)
     return output
 
 
+def _write_record(name: str, profile: str, inputs: dict, session: Path, wall_seconds: float) -> None:
+    used = json.loads(session.read_text()) if session.exists() else {"outputs": [], "runs": {}, "modules": []}
+    directory = paths.profile_dir(profile)
+    outputs = [*used["outputs"], str(executed_path(name, profile).relative_to(directory))]
+    record = {
+        **inputs,
+        "wall_seconds": round(wall_seconds, 1),
+        "device": used.get("device"),
+        "environment": used.get("environment"),
+        "sources": {module: provenance.file_hash(paths.ROOT / module) for module in used["modules"]},
+        "runs": used["runs"],
+        "outputs": {relative: provenance.file_hash(directory / relative) for relative in sorted(outputs)},
+    }
+    write_json(provenance.record_path(profile, name), record)
+    session.unlink(missing_ok=True)
+
+
+def _check_name(name: str) -> None:
+    if name not in available():
+        raise LabError(f"unknown notebook {name!r}; choose from: {', '.join(available())}")
+
+
 def execute_all(names: list[str] | None, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-                progress: bool = True) -> None:
+                force: bool = False, progress: bool = True) -> list[str]:
+    """Execute the stale notebooks among `names` (all by default), or all of them with `force`.
+
+    Returns the names of the notebooks that ran.
+    """
     names = names or available()
-    for name in names:  # check every name before spending minutes on the first notebook
-        if name not in available():
-            raise LabError(f"unknown notebook {name!r}; choose from: {', '.join(available())}")
+    # Check every name and parameter before spending minutes on the first notebook.
+    reasons = {name: status(name, profile, parameters, shared) for name in names}
+    ran = []
     for index, name in enumerate(names, 1):
-        print(f"[{index}/{len(names)}] {name} (profile {profile})", flush=True)
+        if not force and not reasons[name]:
+            print(f"[{index}/{len(names)}] {name}: fresh, skipped", flush=True)
+            continue
+        why = "forced" if force else "; ".join(reasons[name])
+        print(f"[{index}/{len(names)}] {name} (profile {profile}): {why}", flush=True)
         start = time.perf_counter()
         output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress)
-        print(f"      done in {time.perf_counter() - start:.0f} s: {output.relative_to(paths.ROOT)}", flush=True)
+        print(f"      done in {time.perf_counter() - start:.0f} s: {output}", flush=True)
+        ran.append(name)
+    return ran

@@ -5,6 +5,7 @@
     <run>/metrics.json      the final numbers the report quotes
     <run>/predictions.csv   test-set label and predicted class, for confusion matrices
     <run>/environment.json  torch and CUDA versions, device, threads
+    <run>/provenance.json   training-code hash, data checksums, git commit, wall time
     <run>/model.pt          the trained weights (state_dict)
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .data import MD5
 from .files import atomic_dir, write_json
+from .provenance import git_state, source_hash
 from .train import RunResult
 
 
@@ -33,6 +36,10 @@ def save_run(result: RunResult, directory: str | Path) -> Path:
             staging / "predictions.csv", index=False
         )
         write_json(staging / "environment.json", result.environment)
+        write_json(staging / "provenance.json", {
+            "fingerprint": result.settings.get("fingerprint"), "training_code": source_hash(), "data": MD5,
+            "git": git_state(), "wall_seconds": round(float(result.history["seconds"].sum()), 2),
+        })
         torch.save(result.model.state_dict(), staging / "model.pt")
     return directory
 

@@ -53,7 +53,7 @@ def test_train_writes_a_run_directory(tmp_path):
     )
     assert "basic_cnn: test accuracy" in completed.stdout
     assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "metrics.json", "predictions.csv",
-                                               "environment.json", "model.pt"}
+                                               "environment.json", "provenance.json", "model.pt"}
     config = json.loads((out / "config.json").read_text())
     assert (config["seed"], config["train_size"], config["test_size"]) == (3, 256, 128)
     assert config["experiment"]["epochs"] == 1
