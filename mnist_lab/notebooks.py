@@ -65,7 +65,12 @@ def effective_parameters(name: str, profile: str, parameters: dict | None = None
     declared = declared_parameters(name)
     given = {"profile": profile, **{k: v for k, v in (shared or {}).items() if k in declared}, **(parameters or {})}
     check_parameters(name, given)
-    return {**declared, **given}
+    effective = {**declared, **given}
+    if "device" in effective:  # no GPU when one was asked for: say so now, not in a cell minutes later
+        from .device import resolve_device
+
+        resolve_device(effective["device"])
+    return effective
 
 
 def status(name: str, profile: str, parameters: dict | None = None, shared: dict | None = None) -> list[str]:
