@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= full
 
-.PHONY: setup test clean
+.PHONY: setup tex report test bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,8 +17,25 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# TeX for the report: checks it is there; installs Debian's packages with apt-get when
+# missing and run as root, otherwise prints what to install and stops.
+tex:
+	report/install-tex.sh
+
+# The main job: run the notebooks (training runs are cached by fingerprint, so a re-run with
+# nothing changed trains nothing), then build artifacts/$(PROFILE)/report.pdf (latexmk rebuilds
+# only when an input changed). `make report PROFILE=smoke` for a quick check.
+report: setup tex
+	$(BIN)/mnist-lab run --profile $(PROFILE)
+	$(BIN)/mnist-lab report --profile $(PROFILE)
+
 test: setup
 	$(BIN)/python -m pytest
+
+# Trainer vs the usual DataLoader loop on the four models (a few minutes on 2 cores);
+# writes artifacts/bench/bench.json. BENCH_ARGS="--images 512 --repeats 1" for a quick look.
+bench: setup
+	$(BIN)/mnist-lab bench $(BENCH_ARGS)
 
 clean:
 	rm -rf artifacts report/build

@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="whose artifacts: artifacts/PROFILE/ (run `mnist-lab run --profile PROFILE` first)")
     report.add_argument("--force", action="store_true", help="rebuild the PDF even if latexmk finds it up to date")
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
+    bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
+    bench.add_argument("--models", nargs="+", choices=("basic_cnn", "cnn", "mobilenet", "vit"), metavar="MODEL",
+                       default=["basic_cnn", "cnn", "mobilenet", "vit"], help="which models (default: all four)")
+    bench.add_argument("--images", type=_positive_int, default=2048, help="training subset size (default 2048)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repetitions (default 3)")
+    bench.add_argument("--full-schedule", action="store_true",
+                       help="also train the report's whole schedule once per model and time it (tens of minutes on a CPU)")
+    bench.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
+    bench.add_argument("--out", type=Path, help="JSON results (default: artifacts/bench/bench.json)")
     return parser
 
 
@@ -152,10 +161,18 @@ def _train(args) -> None:
           f"{metrics['train_images_per_second']:.0f} images/s; run saved to {out}")
 
 
+def _bench(args) -> None:
+    from . import bench
+
+    report = bench.run(tuple(args.models), images=args.images, repeats=args.repeats,
+                       full_schedule=args.full_schedule, root=args.data_root, out=args.out)
+    print(bench.table(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "run": _run, "status": _status, "report": _report}[args.command](args)
+        {"train": _train, "run": _run, "status": _status, "report": _report, "bench": _bench}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

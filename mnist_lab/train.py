@@ -28,6 +28,7 @@ from .models import count_parameters, create_model
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
 EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
 PRECISIONS = ("auto", "fp32", "bf16")
+FUSED_DEVICES = ("cuda", "cpu")  # where torch.optim has fused Adam, AdamW and SGD
 
 
 @dataclass
@@ -90,10 +91,9 @@ def fit(
     torch.manual_seed(seed)  # model initialisation and dropout
     generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
-    # channels_last lets cuDNN use its fastest convolution kernels; no change to the math.
-    memory_format = torch.channels_last if target.type == "cuda" else torch.contiguous_format
+    memory_format = _memory_format(model, target)
     model = model.to(memory_format=memory_format)
-    optimizer = _optimizer(model, experiment, fused=target.type == "cuda")
+    optimizer = _optimizer(model, experiment, fused=target.type in FUSED_DEVICES)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma) if experiment.lr_step else None
     autocast = (
         torch.autocast(target.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -130,13 +130,30 @@ def fit(
                      model, environment(target))
 
 
+def _memory_format(model: nn.Module, target: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) where it makes convolutions faster; no change to the math.
+
+    On CUDA it lets cuDNN use its fastest kernels. On the CPU, oneDNN's convolutions run in
+    NHWC natively and otherwise reorder every activation and gradient from NCHW and back:
+    measured side by side on 2 cores (steady-state steps, quiet machine), the CNN trains
+    ~1.35×, MobileNet ~1.25× and the basic CNN ~1.2× faster. The ViT has no convolution.
+    """
+    if target.type == "cuda":
+        return torch.channels_last
+    if target.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _optimizer(model: nn.Module, experiment: Experiment, fused: bool) -> torch.optim.Optimizer:
     params = model.parameters()
-    if experiment.optimizer == "sgd":  # plain SGD, no momentum, as in the report
-        return torch.optim.SGD(params, lr=experiment.lr, weight_decay=experiment.weight_decay)
-    optimizer_class = torch.optim.Adam if experiment.optimizer == "adam" else torch.optim.AdamW
-    # fused=True runs the whole update as a few CUDA kernels; on the CPU the default is right.
+    # fused=True runs the whole update as one kernel per parameter group (CUDA and, since
+    # torch 2.4, the CPU) instead of ~10 small ops per tensor: the ViT's 50 tensors spent
+    # ~15% of a CPU step in the per-tensor AdamW loop. Results agree to float rounding (~1e-7).
     kwargs = {"fused": True} if fused else {}
+    if experiment.optimizer == "sgd":  # plain SGD, no momentum, as in the report
+        return torch.optim.SGD(params, lr=experiment.lr, weight_decay=experiment.weight_decay, **kwargs)
+    optimizer_class = torch.optim.Adam if experiment.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(params, lr=experiment.lr, weight_decay=experiment.weight_decay, **kwargs)
 
 

@@ -138,7 +138,8 @@ class Workbook:
         with atomic_path(self._path("tables", f"{name}.csv")) as temporary:
             frame.to_csv(temporary, index=False)
         self._record_output(self._path("tables", f"{name}.csv"))
-        latex = frame.style.hide(axis="index").format(**format_kwargs).to_latex(
+        styler = frame.style.hide(axis="index").format(**format_kwargs)
+        latex = styler.format_index(escape="latex", axis="columns").to_latex(
             hrules=True, column_format="r" * len(frame.columns)
         )
         write_text(self._path("tables", f"{name}.tex"), latex)
