@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
     train.add_argument("--download", action="store_true", help="fetch missing MNIST files with torchvision")
     train.add_argument("--out", type=Path, help="run directory (default: artifacts/runs/EXPERIMENT-seedS)")
+    train.add_argument("--deterministic", action="store_true",
+                       help="on a GPU, deterministic kernels only (slower); the CPU always is")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
@@ -152,10 +154,16 @@ def _train(args) -> None:
     if args.epochs:
         experiment = experiment.replace(epochs=args.epochs)
     data = load_mnist(args.data_root, download=args.download)
-    result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
-                 limit_train=args.limit_train, limit_test=args.limit_test, data=data, progress=not args.no_progress)
     out = args.out or paths.ARTIFACTS / "runs" / f"{experiment.name}-seed{args.seed}"
+    # Saved after every epoch: running the same command again after an interruption resumes.
+    checkpoint = out.parent / f".{out.name}.checkpoint.pt"
+    if checkpoint.exists():
+        print(f"found {checkpoint}: resuming after its last completed epoch if it is from the same recipe")
+    result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
+                 limit_train=args.limit_train, limit_test=args.limit_test, data=data,
+                 progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic)
     save_run(result, out)
+    checkpoint.unlink()
     metrics = result.metrics
     print(f"{experiment.name}: test accuracy {metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs, "
           f"{metrics['train_images_per_second']:.0f} images/s; run saved to {out}")

@@ -57,7 +57,8 @@ def conv2d_from_formula(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tens
     inside the image entirely (no padding).
     """
     if image.ndim != 2 or kernel.ndim != 2:
-        raise ValueError(f"expected a 2-D image and a 2-D kernel, got shapes {tuple(image.shape)} and {tuple(kernel.shape)}")
+        raise ValueError(f"expected a 2-D image and a 2-D kernel, "
+                         f"got shapes {tuple(image.shape)} and {tuple(kernel.shape)}")
     (height, width), (m, n) = image.shape, kernel.shape
     if m > height or n > width:
         raise ValueError(f"a {m}×{n} kernel does not fit in a {height}×{width} image")
@@ -120,8 +121,8 @@ def kernel_sliding_figure(image: torch.Tensor, kernel: torch.Tensor, position: t
     axes[0].set_title(f"input I ({image.shape[0]}×{image.shape[1]} crop)\nwindow at (i, j) = ({i}, {j})", fontsize=9)
     axes[1].set_title(f"kernel K ({m}×{n})", fontsize=9)
     axes[2].set_title(f"K(p, q) · I(i+p, j+q)\nsum = {_number(output[i, j].item())}", fontsize=9)
-    axes[3].set_title(f"feature map O ({output.shape[0]}×{output.shape[1]})\nO({i}, {j}) = {_number(output[i, j].item())}",
-                      fontsize=9)
+    axes[3].set_title(f"feature map O ({output.shape[0]}×{output.shape[1]})\n"
+                      f"O({i}, {j}) = {_number(output[i, j].item())}", fontsize=9)
     # The operators between the panels read as the formula: window ⊙ kernel, then Σ into O(i, j).
     for ax in axes:
         ax.apply_aspect()  # square cells shrink the panels; place the operators between what is drawn
@@ -180,7 +181,7 @@ def classic_kernels_figure(images: torch.Tensor, kernels: dict[str, torch.Tensor
     fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.55 * rows), squeeze=False)
     axes[0, 0].axis("off")
     for row, image in enumerate(images, 1):
-        axes[row, 0].imshow(image, cmap=DIGIT_CMAP)
+        axes[row, 0].imshow(image.numpy(), cmap=DIGIT_CMAP)
     axes[1, 0].set_title("input", fontsize=8)
     for column, (name, kernel) in enumerate(kernels.items(), 1):
         _number_grid(axes[0, column], kernel, RESPONSE_CMAP, _symmetric(kernel), label=_fraction, font=7)
@@ -188,7 +189,7 @@ def classic_kernels_figure(images: torch.Tensor, kernels: dict[str, torch.Tensor
         maps = [conv2d_from_formula(image, kernel) for image in images]
         norm = _symmetric(torch.stack(maps))
         for row, feature_map in enumerate(maps, 1):
-            axes[row, column].imshow(feature_map, cmap=RESPONSE_CMAP, norm=norm)
+            axes[row, column].imshow(feature_map.numpy(), cmap=RESPONSE_CMAP, norm=norm)
     for ax in axes.flat:
         ax.set_xticks([], minor=False)
         ax.set_yticks([], minor=False)
@@ -243,7 +244,7 @@ def cnn_pipeline_figure(model: nn.Module, image: torch.Tensor, label: int, *, ma
     fig = plt.figure(figsize=(2.0 * (maps + 3), 4.2))
     grid = fig.add_gridspec(2, maps + 2, width_ratios=[1.4] + [1] * maps + [2.2], wspace=0.25, hspace=0.35)
     ax_input = fig.add_subplot(grid[:, 0])
-    ax_input.imshow(image, cmap=DIGIT_CMAP)
+    ax_input.imshow(image.numpy(), cmap=DIGIT_CMAP)
     ax_input.set_title(f"input (digit {label})\n{image.shape[0]}×{image.shape[1]}", fontsize=9)
     ax_input.set_xticks([])
     ax_input.set_yticks([])
@@ -254,7 +255,8 @@ def cnn_pipeline_figure(model: nn.Module, image: torch.Tensor, label: int, *, ma
             ax = fig.add_subplot(grid[row, column])
             # ReLU outputs: no negative side to show. One scale per map for both stages, since
             # max pooling keeps the map's largest values.
-            ax.imshow(feature_maps[channel], cmap="magma", vmin=0, vmax=stages.activated[channel].max().item() or 1.0)
+            brightest = stages.activated[channel].max().item() or 1.0
+            ax.imshow(feature_maps[channel].numpy(), cmap="magma", vmin=0, vmax=brightest)
             ax.set_title(f"map {channel}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -63,7 +63,8 @@ def binary_cross_entropy(probability: torch.Tensor, target: torch.Tensor, reduct
     return _reduce(-(target * log_p + (1 - target) * log_not_p), reduction)
 
 
-def categorical_cross_entropy(probabilities: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+def categorical_cross_entropy(probabilities: torch.Tensor, target: torch.Tensor,
+                              reduction: str = "sum") -> torch.Tensor:
     """−Σ_i Σ_j y_ij log ŷ_ij over n examples and k classes, as the report writes it: a sum, no 1/n.
 
     probabilities: (n, k), each row a predicted distribution (a softmax output).
@@ -131,15 +132,16 @@ def loss_curves_figure(classes: int = 10) -> plt.Figure:
 
     error = torch.linspace(-3, 3, 301, dtype=torch.float64)
     zero = torch.zeros_like(error)
-    regression.plot(error, mse(error, zero, reduction="none"), label="MSE: (ŷ − y)²")
-    regression.plot(error, mae(error, zero, reduction="none"), label="MAE: |ŷ − y|")
+    regression.plot(error.numpy(), mse(error, zero, reduction="none").numpy(), label="MSE: (ŷ − y)²")
+    regression.plot(error.numpy(), mae(error, zero, reduction="none").numpy(), label="MAE: |ŷ − y|")
     regression.set_xlabel("error ŷ − y")
     regression.set_ylim(0, 4)
     regression.set_title("regression", fontsize=10)
 
     p = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
-    binary.plot(p, binary_cross_entropy(p, torch.ones_like(p), reduction="none"), label="y = 1: −log ŷ")
-    binary.plot(p, binary_cross_entropy(p, torch.zeros_like(p), reduction="none"), label="y = 0: −log(1 − ŷ)")
+    for label, text in ((1.0, "y = 1: −log ŷ"), (0.0, "y = 0: −log(1 − ŷ)")):
+        per_point = binary_cross_entropy(p, torch.full_like(p, label), reduction="none")
+        binary.plot(p.numpy(), per_point.numpy(), label=text)
     binary.set_xlabel("predicted probability ŷ")
     binary.set_ylim(0, 5)
     binary.set_title("binary cross-entropy", fontsize=10)
@@ -147,7 +149,7 @@ def loss_curves_figure(classes: int = 10) -> plt.Figure:
     others = ((1 - p) / (classes - 1))[:, None].expand(-1, classes - 1)
     distributions = torch.cat([p[:, None], others], dim=1)  # (points, classes); class 0 is the true one
     true_class = torch.zeros(len(p), dtype=torch.long)
-    categorical.plot(p, categorical_cross_entropy(distributions, true_class, reduction="none"),
+    categorical.plot(p.numpy(), categorical_cross_entropy(distributions, true_class, reduction="none").numpy(),
                      label="−log ŷ(true class)")
     uniform = np.log(classes)
     categorical.plot([1 / classes], [uniform], "o", color="black",
@@ -244,15 +246,16 @@ def outliers_figure(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tensor, 
     """Left: the data and the lines of `outlier_fits`. Right: each point's pull on the line
     (`pull`), measured at the line that fits the clean points: why MSE moves and MAE does not."""
     fig, (data, pulls) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
-    data.scatter(x[~is_outlier], y[~is_outlier], color="black", s=18, label="data", zorder=3)
-    data.scatter(x[is_outlier], y[is_outlier], color="firebrick", s=30, marker="D", label="outliers", zorder=3)
+    data.scatter(x[~is_outlier].numpy(), y[~is_outlier].numpy(), color="black", s=18, label="data", zorder=3)
+    data.scatter(x[is_outlier].numpy(), y[is_outlier].numpy(), color="firebrick", s=30, marker="D", label="outliers",
+                 zorder=3)
     styles = {"MSE": {"color": "tab:blue"}, "MAE": {"color": "tab:orange"},
               REFERENCE: {"color": "0.5", "linestyle": ":"}}
     for name, line in fits.items():
         points = ~is_outlier if name == REFERENCE else slice(None)
         loss = mae if name == "MAE" else mse
         value = loss(line(x[points]), y[points]).item()
-        data.plot(x, line(x), label=f"{name}: {line} (loss {value:.2f})", **styles[name])
+        data.plot(x.numpy(), line(x).numpy(), label=f"{name}: {line} (loss {value:.2f})", **styles[name])
     data.set_xlabel("x")
     data.set_ylabel("y")
     data.set_title("lines fitted by minimising each loss", fontsize=10)
@@ -264,8 +267,8 @@ def outliers_figure(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tensor, 
     for offset, (name, loss) in zip((-width / 2, width / 2), (("MSE", mse), ("MAE", mae))):
         per_point = pull(x, y, reference, loss)
         share = 100 * outlier_pull_share(x, y, is_outlier, reference, loss)
-        bars = pulls.bar(x + offset, 100 * per_point / per_point.sum(), width=width, color=styles[name]["color"],
-                         label=f"{name}: the outliers pull with {share:.0f}%")
+        bars = pulls.bar((x + offset).numpy(), (100 * per_point / per_point.sum()).numpy(), width=width,
+                         color=styles[name]["color"], label=f"{name}: the outliers pull with {share:.0f}%")
         for bar, outlier in zip(bars, is_outlier.tolist()):
             if outlier:
                 bar.set_edgecolor("firebrick")

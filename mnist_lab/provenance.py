@@ -24,7 +24,7 @@ from .data import MD5
 
 # The source files that decide what training produces. Plotting and table code is not
 # here on purpose: changing a figure must never retrain a model.
-TRAINING_SOURCES = ("data.py", "augment.py", "experiments.py", "train.py", "models")
+TRAINING_SOURCES = ("data.py", "augment.py", "experiments.py", "train.py", "checkpoint.py", "models")
 
 
 def file_hash(path: str | Path) -> str:

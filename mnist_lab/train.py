@@ -9,8 +9,10 @@ on a NaN).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -19,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import augment
+from .checkpoint import restore as restore_checkpoint
+from .checkpoint import save as save_checkpoint
 from .data import Mnist, Split, load_mnist, normalize
 from .device import environment, resolve_device
 from .errors import LabError
@@ -73,11 +77,16 @@ def fit(
     limit_test: int | None = None,
     data: Mnist | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    deterministic: bool = False,
 ) -> RunResult:
-    """Train `experiment` from scratch and evaluate it on the test set after every epoch.
+    """Train `experiment` and evaluate it on the test set after every epoch.
 
     precision: `fp32` is bit-faithful; `bf16` autocasts matmuls and convolutions on a GPU;
     `auto` means bf16 on CUDA and fp32 elsewhere.
+    checkpoint: a file saved after every epoch; a run started again with it resumes after
+    the last completed epoch (the caller deletes it once the result is saved).
+    deterministic: on a GPU, only deterministic kernels (slower); the CPU always is.
     """
     if precision not in PRECISIONS:
         raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -88,6 +97,8 @@ def fit(
     train_set = data.train.head(limit_train).to(target)
     test_set = data.test.head(limit_test).to(target)
 
+    if deterministic:
+        _use_deterministic_kernels()
     torch.manual_seed(seed)  # model initialisation and dropout
     generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
@@ -99,8 +110,13 @@ def fit(
         torch.autocast(target.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
 
-    rows = []
-    for epoch in range(1, experiment.epochs + 1):
+    settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
+                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic}
+    identity = {"experiment": experiment.to_dict(), "seed": seed, **settings}
+    done, rows = restore_checkpoint(checkpoint, identity=identity, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, generator=generator)
+    predictions = None
+    for epoch in range(done + 1, experiment.epochs + 1):
         start = time.perf_counter()
         bar = tqdm(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
                    disable=not progress, leave=True)
@@ -123,11 +139,21 @@ def fit(
                 "seconds": time.perf_counter() - start,
             }
         )
-
-    settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
-                "limit_train": limit_train, "limit_test": limit_test}
+        if checkpoint:
+            save_checkpoint(Path(checkpoint), identity=identity, epoch=epoch, rows=rows, model=model,
+                            optimizer=optimizer, scheduler=scheduler, generator=generator)
+    if predictions is None:  # every epoch was already done by the run that saved the checkpoint
+        _, _, predictions = evaluate(model, test_set, autocast, memory_format)
     return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
                      model, environment(target))
+
+
+def _use_deterministic_kernels() -> None:
+    """Make CUDA repeatable: deterministic algorithms only, no cuDNN autotuning."""
+    # cuBLAS needs a fixed workspace to be deterministic; it reads this when CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def _memory_format(model: nn.Module, target: torch.device) -> torch.memory_format:

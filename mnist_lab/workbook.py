@@ -87,10 +87,13 @@ class Workbook:
         directory = self.directory / "runs" / experiment.name / f"seed{seed}"
         cached = directory / "config.json"
         if not (cached.exists() and json.loads(cached.read_text()).get("fingerprint") == key):
+            # An interrupted run left its last completed epoch here; fit() resumes from it.
+            checkpoint = directory.parent / f".{directory.name}.{key[:12]}.checkpoint.pt"
             result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
-                         limit_test=self.profile.limit_test, data=self.data)
+                         limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint)
             result.settings["fingerprint"] = key
             save_run(result, directory)
+            checkpoint.unlink()
         self._runs[str(directory.relative_to(self.directory))] = key
         self._record_session()
         return load_run(directory)

@@ -84,3 +84,56 @@ def test_failed_write_keeps_the_previous_directory(tmp_path):
             raise RuntimeError("killed mid-write")
     assert (target / "metrics.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path, monkeypatch):
+    from mnist_lab import train
+
+    # The ViT has every kind of state a resume must restore: dropout, augmentation, a schedule.
+    experiment = get_experiment("vit").replace(epochs=3, lr_step=1)
+    options = dict(seed=5, data=small_mnist, device="cpu", progress=False)
+    uninterrupted = fit(experiment, **options)
+
+    checkpoint = tmp_path / "run.checkpoint.pt"
+    real_epoch, epochs_started = train._train_epoch, []
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        epochs_started.append(1)
+        if len(epochs_started) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third epoch
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(experiment, checkpoint=checkpoint, **options)
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=False)["epoch"] == 2
+
+    resumed = fit(experiment, checkpoint=checkpoint, **options)
+    timing = ["train_seconds", "seconds"]
+    pd.testing.assert_frame_equal(resumed.history.drop(columns=timing), uninterrupted.history.drop(columns=timing))
+    assert torch.equal(resumed.predictions, uninterrupted.predictions)
+
+
+def test_a_checkpoint_of_another_recipe_is_not_used(small_mnist, tmp_path):
+    checkpoint = tmp_path / "run.checkpoint.pt"
+    options = dict(data=small_mnist, device="cpu", progress=False, checkpoint=checkpoint)
+    first = fit(get_experiment("basic_cnn").replace(epochs=1), **options)
+    other_recipe = get_experiment("basic_cnn").replace(epochs=1, lr=0.05)
+    other = fit(other_recipe, **options)
+    # Trained from scratch: the same as without a checkpoint, not the first run's epoch read back.
+    fresh = fit(other_recipe, data=small_mnist, device="cpu", progress=False)
+    assert other.history["train_loss"][0] == fresh.history["train_loss"][0] != first.history["train_loss"][0]
+
+
+def test_a_failed_file_write_keeps_the_previous_file(tmp_path):
+    from mnist_lab.files import atomic_path, write_text
+
+    target = tmp_path / "table.tex"
+    write_text(target, "old table")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temporary:
+            temporary.write_text("half a tab")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old table"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.tex"]
