@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="whose artifacts: artifacts/PROFILE/ (run `mnist-lab run --profile PROFILE` first)")
     report.add_argument("--force", action="store_true", help="rebuild the PDF even if latexmk finds it up to date")
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
+    report.add_argument("--allow-stale", action="store_true",
+                        help="build from stale artifacts anyway; the title page says what is stale")
     bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
     bench.add_argument("--models", nargs="+", choices=("basic_cnn", "cnn", "mobilenet", "vit"), metavar="MODEL",
                        default=["basic_cnn", "cnn", "mobilenet", "vit"], help="which models (default: all four)")
@@ -140,7 +142,7 @@ def _status(args) -> None:
 def _report(args) -> None:
     from . import report
 
-    pdf, changed = report.build(args.profile, force=args.force, verbose=args.verbose)
+    pdf, changed = report.build(args.profile, force=args.force, verbose=args.verbose, allow_stale=args.allow_stale)
     print(f"report ({args.profile}): {pdf} ({'rebuilt' if changed else 'up to date'})")
 
 

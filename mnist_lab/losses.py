@@ -245,7 +245,7 @@ def outlier_pull_share(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tenso
 def outliers_figure(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tensor, fits: dict[str, Line]) -> plt.Figure:
     """Left: the data and the lines of `outlier_fits`. Right: each point's pull on the line
     (`pull`), measured at the line that fits the clean points: why MSE moves and MAE does not."""
-    fig, (data, pulls) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
+    fig, (data, pulls) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.25, 1]})
     data.scatter(x[~is_outlier].numpy(), y[~is_outlier].numpy(), color="black", s=18, label="data", zorder=3)
     data.scatter(x[is_outlier].numpy(), y[is_outlier].numpy(), color="firebrick", s=30, marker="D", label="outliers",
                  zorder=3)
@@ -259,7 +259,7 @@ def outliers_figure(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tensor, 
     data.set_xlabel("x")
     data.set_ylabel("y")
     data.set_title("lines fitted by minimising each loss", fontsize=10)
-    data.legend(fontsize=7.5, loc="lower left")  # the points rise to the upper right
+    data.legend(fontsize=7, loc="lower left")  # empty there: the points rise to the right, the outliers are far right
     data.grid(alpha=0.3)
 
     reference = fits[REFERENCE]
@@ -275,8 +275,8 @@ def outliers_figure(x: torch.Tensor, y: torch.Tensor, is_outlier: torch.Tensor, 
                 bar.set_linewidth(1.5)
     pulls.set_xlabel("x of the point (outliers outlined in red)")
     pulls.set_ylabel("share of the total pull (%)")
-    pulls.set_title("each point's pull |∂loss/∂ŷ| on the line fitted without the outliers", fontsize=10)
-    pulls.legend(fontsize=8)
+    pulls.set_title("each point's pull |∂loss/∂ŷ| at the line fitted without the outliers", fontsize=9.5)
+    pulls.legend(fontsize=8, loc="upper left")
     pulls.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -83,6 +83,20 @@ def status(name: str, profile: str, parameters: dict | None = None, shared: dict
     )
 
 
+def stale_as_run(name: str, profile: str) -> list[str]:
+    """Why the notebook's artifacts no longer match the inputs of the run that made them.
+
+    Unlike `status`, the parameters are the ones that run used: a report shows whatever
+    seeds or device its notebooks were run with, as long as nothing else changed since.
+    """
+    record_file = provenance.record_path(profile, name)
+    record = json.loads(record_file.read_text()) if record_file.exists() else None
+    return provenance.staleness(
+        record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
+        parameters=record["parameters"] if record else {}, profile_dir=paths.profile_dir(profile),
+    )
+
+
 def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
             progress: bool = True) -> Path:
     """Run one notebook headlessly and write its provenance record.

@@ -105,6 +105,11 @@ def _latex_escape(text: str) -> str:
     return "".join(replacements.get(char, char) for char in text)
 
 
+def _typewriter(text: str) -> str:
+    """Names and paths as typed: \\detokenize keeps `_` a real underscore (it reads and searches as written)."""
+    return "\\texttt{\\detokenize{" + "".join(c for c in text if c not in "{}\\%#") + "}}"
+
+
 def _thousands(number: int) -> str:
     return f"{number:,}"
 
@@ -186,22 +191,62 @@ def info(profile: str) -> dict[str, str]:
     }
 
 
-def info_tex(profile: str) -> str:
+def stale_notebooks(profile: str) -> dict[str, list[str]]:
+    """The notebooks whose artifacts no longer match their inputs, with the reasons."""
+    from . import notebooks
+
+    reasons = {name: notebooks.stale_as_run(name, profile) for name in notebooks.available()}
+    return {name: why for name, why in reasons.items() if why}
+
+
+def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
     values = info(profile)
     lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/report.py); do not edit."]
     lines.append(r"\SmokeProfiletrue" if profile == "smoke" else r"\SmokeProfilefalse")
+    lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
+    values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
+                                      for name, why in (stale or {}).items())
     lines += [f"\\newcommand{{\\{name}}}{{{text}}}" for name, text in values.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_info(profile: str) -> bool:
-    """Write artifacts/<profile>/report_info.tex if its text changed; say whether it did."""
-    target = paths.profile_dir(profile) / "report_info.tex"
-    text = info_tex(profile)
-    if target.is_file() and target.read_text() == text:
-        return False
-    write_text(target, text)
-    return True
+def write_info(profile: str, stale: dict[str, list[str]] | None = None) -> bool:
+    """Write report_info.tex and provenance_table.tex if their text changed; say whether either did."""
+    directory = paths.profile_dir(profile)
+    changed = False
+    for name, text in (("report_info.tex", info_tex(profile, stale)), ("provenance_table.tex", provenance_tex(profile))):
+        target = directory / name
+        if not (target.is_file() and target.read_text() == text):
+            write_text(target, text)
+            changed = True
+    return changed
+
+
+def provenance_tex(profile: str) -> str:
+    """The appendix's table of what made the artifacts: one row per notebook run and per training run."""
+    directory = paths.profile_dir(profile)
+    lines = [f"% Written by `mnist-lab report --profile {profile}` from artifacts/{profile}/provenance/; do not edit.",
+             r"\begin{tabular}{@{}lllrl@{}}", r"\toprule",
+             r"Notebook & Ran (UTC) & Commit & Wall time & Device \\", r"\midrule"]
+    for record in _records(directory):
+        lines.append(
+            f"{_typewriter(record['notebook'])} & {_latex_escape(record['started'].replace('T', ' ')[:16])} & "
+            f"{_commit_text(record['git'].get('commit'), record['git'].get('dirty'))} & "
+            f"{record['wall_seconds']:.0f} s & {_latex_escape(str(record.get('device')))} \\\\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}", "", r"\medskip", "",
+              r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
+              r"Experiment & Seed & Epochs & Test accuracy & Training time & Fingerprint \\", r"\midrule"]
+    for config_path in sorted(directory.glob("runs/*/*/config.json")):
+        config = json.loads(config_path.read_text())
+        metrics = json.loads((config_path.parent / "metrics.json").read_text())
+        lines.append(
+            f"{_typewriter(config['experiment']['name'])} & {config['seed']} & {metrics['epochs']} & "
+            f"{metrics['test_accuracy']:.2f}\\,\\% & {metrics['train_seconds']:.0f} s & "
+            f"\\texttt{{{str(config.get('fingerprint') or 'none')[:12]}}} \\\\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 # ---- the build ----------------------------------------------------------------------------
@@ -243,14 +288,23 @@ def _latex_error(profile: str, output: str) -> LabError:
     return LabError(f"latexmk failed on the {profile} report:\n{tail}")
 
 
-def build(profile: str, *, force: bool = False, verbose: bool = False) -> tuple[Path, bool]:
-    """Build artifacts/<profile>/report.pdf; return its path and whether it changed."""
+def build(profile: str, *, force: bool = False, verbose: bool = False, allow_stale: bool = False) -> tuple[Path, bool]:
+    """Build artifacts/<profile>/report.pdf; return its path and whether it changed.
+
+    A report from stale artifacts is refused, or with `allow_stale` built with a warning
+    on its title page naming what changed.
+    """
     get_profile(profile)
     latexmk = shutil.which("latexmk")
     if latexmk is None:
         raise LabError(f"latexmk not found, so the report cannot be built: {INSTALL_HINT}")
     check_artifacts(profile)
-    write_info(profile)
+    stale = stale_notebooks(profile)
+    if stale and not allow_stale:
+        why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in stale.items())
+        raise LabError(f"the {profile} artifacts are stale ({why}); run `mnist-lab run --profile {profile}` first, "
+                       "or pass --allow-stale to build a report marked as stale")
+    write_info(profile, stale)
 
     directory = paths.profile_dir(profile)
     out = build_dir(profile)

@@ -215,18 +215,14 @@ def test_q1_notebooks_declare_their_parameters():
         assert all(not c.outputs and c.execution_count is None for c in notebook.cells if c.cell_type == "code")
 
 
-def test_q1_notebooks_execute_and_write_their_figures(tmp_path, monkeypatch):
-    # The kernels papermill starts read MNIST_LAB_ARTIFACTS; this process reads paths.ARTIFACTS.
-    monkeypatch.setenv("MNIST_LAB_ARTIFACTS", str(tmp_path))
-    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
-    for name in Q1_FIGURES:
-        notebooks.execute(name, profile="smoke", progress=False)
-    figures = paths.profile_dir("smoke") / "figures"
+def test_q1_notebooks_execute_and_write_their_figures(smoke_artifacts):
+    # smoke_artifacts (tests/conftest.py): every notebook executed once by papermill.
+    figures = smoke_artifacts / "figures"
     for name in itertools.chain(*Q1_FIGURES.values()):
         pdf = (figures / f"{name}.pdf").read_bytes()
         assert pdf.startswith(b"%PDF") and b"/Type3" not in pdf  # vector, with embedded TrueType fonts
         assert (figures / f"{name}.png").stat().st_size > 5_000
-    macros = (paths.profile_dir("smoke") / "macros" / "q1_convolution.tex").read_text()
+    macros = (smoke_artifacts / "macros" / "q1_convolution.tex").read_text()
     assert "\\newcommand{\\ConvMaxDifference}{" in macros and "\\newcommand{\\PipelineDigit}{7}" in macros
-    macros = (paths.profile_dir("smoke") / "macros" / "q1_losses.tex").read_text()
+    macros = (smoke_artifacts / "macros" / "q1_losses.tex").read_text()
     assert "\\newcommand{\\OutlierPullMae}{10}" in macros

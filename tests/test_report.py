@@ -177,9 +177,35 @@ def test_latex_error_is_a_lab_error_with_the_first_error_line(smoke_report, tmp_
     (broken / "smoke" / "tables" / "cnn_history.tex").write_text(
         "\\begin{tabular}{r}\n\\NoSuchCommandAnywhere\n\\end{tabular}\n")
     _use_artifacts(monkeypatch, broken)
+    # An edited table is stale too; let it through to reach LaTeX.
     with pytest.raises(LabError) as error:
-        report.build("smoke")
+        report.build("smoke", allow_stale=True)
     message = str(error.value)
     assert "cnn_history.tex:2: Undefined control sequence." in message
     assert "NoSuchCommandAnywhere" in message
-    assert cli.main(["report", "--profile", "smoke"]) == 1
+    assert cli.main(["report", "--profile", "smoke", "--allow-stale"]) == 1
+
+
+@needs_tex
+def test_the_pdf_carries_a_provenance_appendix(smoke_report):
+    appendix = smoke_report.text[smoke_report.text.rindex("Appendix: provenance"):]
+    for notebook in ("q1_convolution", "q1_losses", "q2_cnn", "q3_comparison"):
+        assert notebook in appendix
+    metrics = json.loads((smoke_report.directory / "runs" / "vit" / "seed0" / "metrics.json").read_text())
+    fingerprint = json.loads((smoke_report.directory / "runs" / "vit" / "seed0" / "config.json").read_text())["fingerprint"]
+    assert re.search(rf"vit\s+0\s+2\s+{metrics['test_accuracy']:.2f}\s*%.*{fingerprint[:12]}", appendix)
+
+
+@needs_tex
+def test_a_report_from_stale_artifacts_is_refused_or_marked(smoke_report, tmp_path, monkeypatch):
+    copy = tmp_path / "artifacts"
+    shutil.copytree(smoke_report.artifacts, copy)
+    _use_artifacts(monkeypatch, copy)
+    macros = copy / "smoke" / "macros" / "q1_losses.tex"
+    macros.write_text(macros.read_text() + "% edited by hand\n")
+    with pytest.raises(LabError, match=r"the smoke artifacts are stale \(q1_losses: macros/q1_losses.tex was "
+                                       r"modified after the run\); run `mnist-lab run --profile smoke` first"):
+        report.build("smoke")
+    pdf, _ = report.build("smoke", allow_stale=True)
+    title_page = _pdftotext(pdf, "-f", "1", "-l", "1")
+    assert "BUILT FROM STALE ARTIFACTS" in title_page and "q1_losses" in title_page
