@@ -11,6 +11,7 @@ from . import paths
 from .device import DEVICES
 from .errors import LabError
 from .experiments import EXPERIMENTS
+from .profiles import PROFILES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,24 +19,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _integer_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, with a one-line message otherwise."""
+    description = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+_positive_int, _non_negative_int = _integer_at_least(1), _integer_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
     run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all, in order)")
-    run.add_argument("--profile", choices=("full", "smoke"), default="full",
+    run.add_argument("--profile", choices=list(PROFILES), default="full",
                      help="full: the report's schedule on all of MNIST; smoke: small subsets, minutes on a CPU")
     run.add_argument("--device", choices=DEVICES, help="passed to the notebooks that train (their default: auto)")
     run.add_argument("--seeds", type=_non_negative_int, nargs="+", help="train each experiment once per seed")
@@ -72,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="list each notebook's artifacts as fresh or stale, and why")
     status.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all)")
-    status.add_argument("--profile", choices=("full", "smoke"), default="full", help="whose artifacts")
+    status.add_argument("--profile", choices=list(PROFILES), default="full", help="whose artifacts")
     status.add_argument("--device", choices=DEVICES, help="as for `run`: a change of parameter makes a notebook stale")
     status.add_argument("--seeds", type=_non_negative_int, nargs="+", help="as for `run`")
     status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="as for `run`")
 
     report = commands.add_parser("report", help="build the LaTeX report from a profile's artifacts into a PDF")
-    report.add_argument("--profile", choices=("full", "smoke"), default="full",
+    report.add_argument("--profile", choices=list(PROFILES), default="full",
                         help="whose artifacts: artifacts/PROFILE/ (run `mnist-lab run --profile PROFILE` first)")
     report.add_argument("--force", action="store_true", help="rebuild the PDF even if latexmk finds it up to date")
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
