@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -129,8 +128,7 @@ def _status(args) -> None:
     print(f"profile {args.profile}: {directory}")
     for name in args.notebooks or notebooks.available():
         reasons = notebooks.status(name, args.profile, parameters, shared)
-        record_file = provenance.record_path(args.profile, name)
-        record = json.loads(record_file.read_text()) if record_file.exists() else {"outputs": {}}
+        record = provenance.read_record(args.profile, name) or {"outputs": {}}
         when = f"ran {record['started']}, {record['wall_seconds']:.0f} s" if "started" in record else "not run"
         print(f"{name}: {'STALE' if reasons else 'fresh'} ({when})")
         for reason in reasons:

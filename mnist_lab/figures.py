@@ -15,13 +15,13 @@ import torch
 
 from .reference import REPORT_TABLES
 from .runs import Run
-from .tables import _stack
+from .tables import by_epoch
 
 DIGIT_CMAP = "gray_r"  # dark ink on white paper, as digits print best
 
 
 def _band(ax, runs: list[Run], column: str, label: str, **style) -> None:
-    stack = _stack(runs, column)
+    stack = by_epoch(runs, column)
     mean, std = stack.mean(axis=1), stack.std(axis=1).fillna(0)
     ax.plot(mean.index, mean, marker="o", label=label, **style)
     if len(runs) > 1:

@@ -75,10 +75,8 @@ def effective_parameters(name: str, profile: str, parameters: dict | None = None
 
 def status(name: str, profile: str, parameters: dict | None = None, shared: dict | None = None) -> list[str]:
     """Why the notebook's artifacts are stale under these parameters (empty: fresh)."""
-    record_file = provenance.record_path(profile, name)
-    record = json.loads(record_file.read_text()) if record_file.exists() else None
     return provenance.staleness(
-        record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
+        provenance.read_record(profile, name), notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
         parameters=effective_parameters(name, profile, parameters, shared), profile_dir=paths.profile_dir(profile),
     )
 
@@ -89,8 +87,7 @@ def stale_as_run(name: str, profile: str) -> list[str]:
     Unlike `status`, the parameters are the ones that run used: a report shows whatever
     seeds or device its notebooks were run with, as long as nothing else changed since.
     """
-    record_file = provenance.record_path(profile, name)
-    record = json.loads(record_file.read_text()) if record_file.exists() else None
+    record = provenance.read_record(profile, name)
     return provenance.staleness(
         record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
         parameters=record["parameters"] if record else {}, profile_dir=paths.profile_dir(profile),

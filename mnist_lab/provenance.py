@@ -81,6 +81,12 @@ def record_path(profile: str, notebook: str) -> Path:
     return paths.profile_dir(profile) / "provenance" / f"{notebook}.json"
 
 
+def read_record(profile: str, notebook: str) -> dict | None:
+    """The notebook's last provenance record, or None if it never ran through the runner."""
+    path = record_path(profile, notebook)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def session_path(profile: str, notebook: str) -> Path:
     """What the notebook's Workbook reports while it runs: its outputs, runs and imported modules."""
     return paths.profile_dir(profile) / "provenance" / f"{notebook}.session.json"

@@ -25,6 +25,7 @@ from . import paths
 from .errors import LabError
 from .files import atomic_path, write_text
 from .profiles import get_profile
+from .provenance import git_state
 
 MAIN = "main.tex"
 LATEX_TIMEOUT = 600  # seconds; a healthy build takes well under a minute
@@ -89,14 +90,6 @@ def check_artifacts(profile: str) -> None:
 
 
 # ---- report_info.tex: where this build came from ------------------------------------------
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(paths.ROOT), *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _latex_escape(text: str) -> str:
@@ -164,8 +157,8 @@ def info(profile: str) -> dict[str, str]:
     """The title page's provenance, as LaTeX-ready text."""
     settings = get_profile(profile)
     directory = paths.profile_dir(profile)
-    head = _git("rev-parse", "HEAD")
-    built = _commit_text(head, bool(_git("status", "--porcelain", "--untracked-files=no")) if head else None)
+    state = git_state()
+    built = _commit_text(state["commit"], state["dirty"])
     states = {(r["git"].get("commit"), r["git"].get("dirty")) for r in _records(directory) if r.get("git")}
     ran = "; ".join(_commit_text(commit, dirty) for commit, dirty in sorted(states, key=str)) or "unknown"
     environments = _environments(directory)

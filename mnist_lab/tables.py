@@ -7,7 +7,7 @@ import pandas as pd
 from .runs import Run
 
 
-def _stack(runs: list[Run], column: str) -> pd.DataFrame:
+def by_epoch(runs: list[Run], column: str) -> pd.DataFrame:
     """(epochs × seeds) of one history column."""
     return pd.concat([run.history.set_index("epoch")[column] for run in runs], axis=1)
 
@@ -23,7 +23,7 @@ def history(runs: list[Run]) -> pd.DataFrame:
     """The report's table: Epoch, Loss, Train Accuracy, Test Accuracy (mean ± std over seeds)."""
     columns = {"Loss": ("train_loss", 4, ""), "Train Accuracy": ("train_accuracy", 2, "%"),
                "Test Accuracy": ("test_accuracy", 2, "%")}
-    stacks = {title: _stack(runs, column) for title, (column, _, _) in columns.items()}
+    stacks = {title: by_epoch(runs, column) for title, (column, _, _) in columns.items()}
     epochs = stacks["Loss"].index
     rows = [
         {"Epoch": int(epoch), **{title: _cell(stacks[title].loc[epoch], digits, unit)
@@ -35,4 +35,4 @@ def history(runs: list[Run]) -> pd.DataFrame:
 
 def mean_at(runs: list[Run], column: str, position: int = -1) -> float:
     """The mean over seeds of `column` at one epoch (by position: 0 = first, -1 = last)."""
-    return float(_stack(runs, column).iloc[position].mean())
+    return float(by_epoch(runs, column).iloc[position].mean())
