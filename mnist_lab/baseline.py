@@ -3,8 +3,10 @@
 This is pytorch/examples' `mnist/main.py` pattern applied to the report's recipes:
 `torchvision.datasets.MNIST` + `DataLoader(batch_size=64, shuffle=True, num_workers=0)`
 + per-sample PIL transforms, fp32, and `loss.item()` after every step. Same model,
-optimizer, learning-rate schedule and training subset as `train.fit`; only the data path
-and the per-step host sync differ. It is not used to make the report's numbers.
+optimizer, learning-rate schedule and training subset as `train.fit`, with the model on
+torch's stock layers (`use_stock_layers`: nn.MultiheadAttention, nn.Dropout, ReLU before
+max-pooling), in NCHW and with glibc's default allocator settings, as the usual code has
+them. It is not used to make the report's numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .data import MD5, MEAN, STD, default_root, raw_dir
 from .errors import LabError
 from .experiments import Experiment
 from .models import create_model
+from .models.layers import use_stock_layers
 
 
 def torchvision_root(source: str | Path | None = None) -> Path:
@@ -97,7 +100,7 @@ def train(experiment: Experiment, *, seed: int = 0, limit_train: int | None = No
     from .train import _optimizer
 
     torch.manual_seed(seed)
-    model = create_model(experiment.model, **experiment.model_args)
+    model = use_stock_layers(create_model(experiment.model, **experiment.model_args))
     optimizer = _optimizer(model, experiment, fused=False)  # the default for-loop optimizer
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma)
                  if experiment.lr_step else None)

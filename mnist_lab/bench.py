@@ -31,6 +31,7 @@ before the trainer used channels_last and fused optimizers on the CPU):
 from __future__ import annotations
 
 import math
+import multiprocessing
 import platform
 import statistics
 import time
@@ -87,17 +88,29 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def trainer_images_per_second(experiment: Experiment, data: Mnist, images: int, device: str = "cpu") -> float:
+def trainer_images_per_second(experiment: Experiment, images: int, device: str = "cpu",
+                              root: str | Path | None = None) -> float:
     from .train import fit
 
-    result = fit(experiment.replace(epochs=2), data=data, device=device, precision="fp32", limit_train=images,
-                 limit_test=FLOP_BATCH, progress=False)
+    result = fit(experiment.replace(epochs=2), data=load_mnist(root), device=device, precision="fp32",
+                 limit_train=images, limit_test=FLOP_BATCH, progress=False)
     return images / float(result.history["train_seconds"].iloc[1])
 
 
 def baseline_images_per_second(experiment: Experiment, images: int, root: str | Path | None = None) -> float:
     rows = baseline.train(experiment.replace(epochs=2), limit_train=images, root=root)
     return images / rows[1]["train_seconds"]
+
+
+def in_fresh_process(function, *args):
+    """`function(*args)` in a new Python process.
+
+    Every measurement starts from the same clean state, whatever ran before it: the
+    trainer's allocator settings (`memory.keep_freed_memory`) last for the life of a
+    process and would otherwise speed up the usual loop measured after it.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
 
 
 def _summary(values: list[float]) -> dict:
@@ -130,9 +143,9 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 2048, repeats: int = 
             order = ("trainer", "baseline") if repeat % 2 == 0 else ("baseline", "trainer")
             for which in order:
                 if which == "trainer":
-                    trainer[name].append(trainer_images_per_second(experiment, data, images, device))
+                    trainer[name].append(in_fresh_process(trainer_images_per_second, experiment, images, device, root))
                 else:
-                    reference[name].append(baseline_images_per_second(experiment, images, root))
+                    reference[name].append(in_fresh_process(baseline_images_per_second, experiment, images, root))
             if progress:
                 print(f"  repetition {repeat + 1}/{repeats} {name}: trainer {trainer[name][-1]:.0f} images/s, "
                       f"baseline {reference[name][-1]:.0f} images/s", flush=True)

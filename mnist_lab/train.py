@@ -27,6 +27,7 @@ from .data import Mnist, Split, load_mnist, normalize
 from .device import environment, resolve_device
 from .errors import LabError
 from .experiments import Experiment
+from .memory import keep_freed_memory
 from .models import count_parameters, create_model
 
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
@@ -97,6 +98,8 @@ def fit(
     train_set = data.train.head(limit_train).to(target)
     test_set = data.test.head(limit_test).to(target)
 
+    if target.type == "cpu":
+        keep_freed_memory()  # reuse freed activations instead of page-faulting them back in
     if deterministic:
         _use_deterministic_kernels()
     torch.manual_seed(seed)  # model initialisation and dropout
