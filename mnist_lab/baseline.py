@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,8 +96,11 @@ def train_epoch(model: nn.Module, data: torch.utils.data.DataLoader, optimizer: 
 
 
 def train(experiment: Experiment, *, seed: int = 0, limit_train: int | None = None,
-          root: str | Path | None = None) -> list[dict]:
-    """Train `experiment` on the CPU the usual way: one row per epoch (loss, training seconds)."""
+          root: str | Path | None = None, on_epoch_end: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train `experiment` on the CPU the usual way: one row per epoch (loss, training seconds).
+
+    on_epoch_end: called with each epoch's row, as in `train.fit`.
+    """
     from .train import _optimizer
 
     torch.manual_seed(seed)
@@ -112,4 +116,6 @@ def train(experiment: Experiment, *, seed: int = 0, limit_train: int | None = No
         rows.append({"epoch": epoch, "train_loss": loss, "train_seconds": time.perf_counter() - start})
         if scheduler:
             scheduler.step()
+        if on_epoch_end:
+            on_epoch_end(rows[-1])
     return rows

@@ -2,30 +2,36 @@
 
 For each model, on the same training subset and with the report's recipe, it measures
 images/s of the project trainer (`train.fit`) and of the usual loop (`baseline.train`),
-repetitions interleaved so that both see the same machine load, and reports the ratio
-of each side-by-side pair (median, min, max). Both are timed the same way: a run of two
-epochs over the subset, of which only the second epoch's training counts (the first is
-the warm-up: allocator, oneDNN primitive caches; evaluation is never timed).
+each in its own process, the two taking turns epoch by epoch (`measure_in_turns`), and
+reports the ratio of each side-by-side pair of epochs (median, min, max).
 
 It also counts one training step's FLOPs (forward + backward on a batch of 64, with
 `FlopCounterMode`) to turn images/s into GFLOP/s, next to the machine's measured peak
 (the best of a few 2048×2048 fp32 matmuls on the same threads), and estimates the
 report's full schedule (60,000 images × the experiment's epochs) from the throughput.
 
-Where the time goes (torch.profiler, 100-200 steps per model, 2-core AMD EPYC, AVX2,
-before the trainer used channels_last and fused optimizers on the CPU):
-- basic_cnn: convolution backward ~25%, max-pool forward ~20%, the 6272→64 linear ~15%;
-  steps are ~10 ms, so framework overhead (~100 ops) is a visible share.
-- cnn: convolutions (forward + backward) ~40%, linear layers ~15%, pooling ~10%, ReLU
-  ~6%; Adam's per-tensor loop (sqrt, lerp, addcdiv...) ~8%. In NCHW oneDNN reorders
-  every activation; channels_last cut the convolution time ~2-4×.
-- mobilenet: convolutions ~65-70% (backward alone 45-49%), BatchNorm forward + backward
-  ~13-18%, ReLU ~5-8%. channels_last made the step ~1.25× faster in quiet side-by-side runs;
-  fused Adam made no measurable difference (11 tensors' update is small next to the convs).
-- vit: matmuls (mm/bmm/addmm) ~30%, copies ~12% (383 per step: head splitting and
-  merging inside nn.MultiheadAttention), elementwise ops (GELU, dropout, LayerNorm)
-  ~25%, the AdamW for-loop over 50 tensors ~15% of the step (fused AdamW replaces it; its
-  gain could not be separated from the shared machine's noise).
+The usual loop runs the same architecture on torch's stock layers (`use_stock_layers`),
+in NCHW, with glibc's default allocator settings.
+
+Where the time goes (torch.profiler and steady-state step timings, 2-core AMD EPYC, AVX2):
+- basic_cnn: ~10 ms steps, so framework overhead is a visible share; convolution backward,
+  max-pooling and the 6272→64 linear layer take most of the rest.
+- cnn: convolutions ~50%; in NCHW oneDNN reorders every activation (channels_last: ~1.35×).
+  ReLU before max-pooling was ~18% of the step; pooling first (`ReLUMaxPool2d`) and
+  keeping freed memory (`memory.py`) brought the trainer from ~2.2× to ~3× the usual loop.
+- mobilenet: convolutions ~65% (the 1×1 ones run near 100 GFLOP/s, like a matmul of the
+  same shape), BatchNorm and ReLU ~25%, both bound by memory traffic and by page faults on
+  the 12.8 MB maps at 28×28×64, which glibc's defaults hand back to the kernel after every
+  step (~8,500 faults a step; ~2,400 with `memory.keep_freed_memory`, ~1.2× faster).
+- vit: matmuls ~55% of the step (~135 GFLOP/s); torch's CPU dropout was ~25% (one serial
+  32-bit draw per element), nn.MultiheadAttention's head split/merge ~7% in copies.
+  `layers.Dropout` and `layers.SelfAttention` took the step from ~680 to ~900 images/s;
+  dropout's remaining cost is mostly the random draws themselves (~0.6 ms per 557k elements).
+Tried and not adopted, measured the same way: torch.compile (inductor, CPU) made the steps
+slower, not faster (ViT 620 vs 890 images/s, MobileNet 364 vs 708, after 8-60 s of
+compiling); OMP_WAIT_POLICY=ACTIVE made no difference and PASSIVE was slower; 1×1
+convolutions as `F.linear` on the NHWC view, and a hand-written depthwise backward, were
+within noise of oneDNN's.
 """
 
 from __future__ import annotations
@@ -42,11 +48,14 @@ import torch.nn.functional as F
 
 from . import baseline, paths
 from .data import Mnist, load_mnist
+from .errors import LabError
 from .experiments import Experiment, get_experiment
 from .files import write_json
 from .models import create_model
 
 MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")  # each trained with the experiment of the same name
+SIDES = ("trainer", "baseline")
+WARMUP_EPOCHS = 2  # per side, not timed: after only one, the next epoch was seen ~25% slower
 FULL_TRAIN_SIZE = 60_000  # images per epoch in the report's schedule
 FLOP_BATCH = 64
 
@@ -88,29 +97,69 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def trainer_images_per_second(experiment: Experiment, images: int, device: str = "cpu",
-                              root: str | Path | None = None) -> float:
-    from .train import fit
+def measure_in_turns(experiment: Experiment, images: int, rounds: int, *, device: str = "cpu",
+                     root: str | Path | None = None) -> tuple[list[float], list[float]]:
+    """Images/s of the trainer and of the usual loop, epoch by epoch, the two taking turns.
 
-    result = fit(experiment.replace(epochs=2), data=load_mnist(root), device=device, precision="fp32",
-                 limit_train=images, limit_test=FLOP_BATCH, progress=False)
-    return images / float(result.history["train_seconds"].iloc[1])
-
-
-def baseline_images_per_second(experiment: Experiment, images: int, root: str | Path | None = None) -> float:
-    rows = baseline.train(experiment.replace(epochs=2), limit_train=images, root=root)
-    return images / rows[1]["train_seconds"]
-
-
-def in_fresh_process(function, *args):
-    """`function(*args)` in a new Python process.
-
-    Every measurement starts from the same clean state, whatever ran before it: the
-    trainer's allocator settings (`memory.keep_freed_memory`) last for the life of a
-    process and would otherwise speed up the usual loop measured after it.
+    Each side trains in a fresh process of its own, so neither inherits the other's state
+    (the trainer's allocator setting, `memory.keep_freed_memory`, lasts for the life of a
+    process). After warm-up epochs (allocator, oneDNN primitive caches), they train
+    one epoch at a time in turns, trainer-baseline then baseline-trainer: the two epochs of
+    a round run back to back on the same machine load, which on a shared machine drifts
+    by more than the effects measured. While one side trains the other waits, idle; no
+    side exits before the last timed epoch is done. Evaluation is not timed.
     """
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(function, args)
+    context = multiprocessing.get_context("spawn")
+    connections = {}
+    workers = []
+    for side in SIDES:
+        ours, theirs = context.Pipe()
+        worker = context.Process(target=_serve, args=(side, experiment.replace(epochs=WARMUP_EPOCHS + rounds),
+                                                      images, device, root, theirs), daemon=True)
+        worker.start()
+        theirs.close()  # so that a worker's death shows here as EOFError, not a hang
+        connections[side] = ours
+        workers.append(worker)
+    seconds = {side: [] for side in SIDES}
+    try:
+        # A worker sends each epoch's seconds, then waits for a word to go on (or to finish).
+        for side in SIDES:
+            for epoch in range(1, WARMUP_EPOCHS + 1):
+                connections[side].recv()  # warm-up seconds, not counted
+                if epoch < WARMUP_EPOCHS:
+                    connections[side].send("go")
+        for turn in range(rounds):
+            for side in SIDES if turn % 2 == 0 else SIDES[::-1]:
+                connections[side].send("go")
+                seconds[side].append(connections[side].recv())
+        for side in SIDES:
+            connections[side].send("done")
+    except EOFError:
+        raise LabError(f"benchmark of {experiment.name}: a training process died; see its error above") from None
+    finally:
+        for connection in connections.values():
+            connection.close()  # a worker still waiting for its turn gets EOFError and exits
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    return [images / s for s in seconds["trainer"]], [images / s for s in seconds["baseline"]]
+
+
+def _serve(side: str, experiment: Experiment, images: int, device: str, root, connection) -> None:
+    """Train in this process; after each epoch, send its training seconds and wait for the next turn."""
+
+    def take_turns(row: dict) -> None:
+        connection.send(row["train_seconds"])
+        connection.recv()  # "go" for another epoch, or "done" after the last
+
+    if side == "trainer":
+        from .train import fit
+
+        fit(experiment, data=load_mnist(root), device=device, precision="fp32", limit_train=images,
+            limit_test=FLOP_BATCH, progress=False, on_epoch_end=take_turns)
+    else:
+        baseline.train(experiment, limit_train=images, root=root, on_epoch_end=take_turns)
 
 
 def _summary(values: list[float]) -> dict:
@@ -127,29 +176,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run(models: tuple[str, ...] = MODELS, *, images: int = 2048, repeats: int = 3, full_schedule: bool = False,
+def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 8, full_schedule: bool = False,
         device: str = "cpu", root: str | Path | None = None, out: str | Path | None = None,
         progress: bool = True) -> dict:
     """Measure, write `out` (default artifacts/bench/bench.json) atomically, and return the results."""
     data = load_mnist(root)
     images = min(images, len(data.train))
     experiments = {name: get_experiment(name) for name in models}
-    trainer = {name: [] for name in models}
-    reference = {name: [] for name in models}
+    trainer, reference = {}, {}
     peaks = [matmul_gflops()]
-    for repeat in range(repeats):
-        for name, experiment in experiments.items():
-            # Alternate which loop goes first, so a drift in machine load favours neither.
-            order = ("trainer", "baseline") if repeat % 2 == 0 else ("baseline", "trainer")
-            for which in order:
-                if which == "trainer":
-                    trainer[name].append(in_fresh_process(trainer_images_per_second, experiment, images, device, root))
-                else:
-                    reference[name].append(in_fresh_process(baseline_images_per_second, experiment, images, root))
-            if progress:
-                print(f"  repetition {repeat + 1}/{repeats} {name}: trainer {trainer[name][-1]:.0f} images/s, "
-                      f"baseline {reference[name][-1]:.0f} images/s", flush=True)
+    for name, experiment in experiments.items():
+        trainer[name], reference[name] = measure_in_turns(experiment, images, repeats, device=device, root=root)
         peaks.append(matmul_gflops())
+        if progress:
+            print(f"  {name}: trainer {statistics.median(trainer[name]):.0f} images/s, "
+                  f"baseline {statistics.median(reference[name]):.0f} images/s (medians of {repeats} epochs)", flush=True)
     peak = max(peaks)
 
     results = {}
@@ -189,7 +230,7 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 2048, repeats: int = 
 
     report = {
         "machine": {**environment(torch.device(device)), "cpu": _cpu_name(), "cores": _cores()},
-        "settings": {"images": images, "repeats": repeats, "timed": "second of two epochs, training only",
+        "settings": {"images": images, "repeats": repeats, "timed": "training epochs after a warm-up one, the two loops taking turns epoch by epoch",
                      "device": device, "precision": "fp32", "baseline": "torchvision MNIST + DataLoader(64, "
                      "shuffle, num_workers=0) + PIL transforms, loss.item() per step"},
         "peak_gflops_per_second": peak,

@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
     bench.add_argument("--models", nargs="+", choices=("basic_cnn", "cnn", "mobilenet", "vit"), metavar="MODEL",
                        default=["basic_cnn", "cnn", "mobilenet", "vit"], help="which models (default: all four)")
-    bench.add_argument("--images", type=_positive_int, default=2048, help="training subset size (default 2048)")
-    bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repetitions (default 3)")
+    bench.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
+    bench.add_argument("--repeats", type=_positive_int, default=8,
+                       help="timed epochs per loop, the two loops taking turns (default 8)")
     bench.add_argument("--full-schedule", action="store_true",
                        help="also train the report's whole schedule once per model and time it (tens of minutes on a CPU)")
     bench.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")

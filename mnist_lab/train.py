@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def fit(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     deterministic: bool = False,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Train `experiment` and evaluate it on the test set after every epoch.
 
@@ -88,6 +90,8 @@ def fit(
     checkpoint: a file saved after every epoch; a run started again with it resumes after
     the last completed epoch (the caller deletes it once the result is saved).
     deterministic: on a GPU, only deterministic kernels (slower); the CPU always is.
+    on_epoch_end: called with each epoch's history row once the epoch is done and saved
+    (the benchmark uses it to take turns with the usual loop between epochs).
     """
     if precision not in PRECISIONS:
         raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -145,6 +149,8 @@ def fit(
         if checkpoint:
             save_checkpoint(Path(checkpoint), identity=identity, epoch=epoch, rows=rows, model=model,
                             optimizer=optimizer, scheduler=scheduler, generator=generator)
+        if on_epoch_end:
+            on_epoch_end(rows[-1])
     if predictions is None:  # every epoch was already done by the run that saved the checkpoint
         _, _, predictions = evaluate(model, test_set, autocast, memory_format)
     return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
