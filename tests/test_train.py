@@ -31,6 +31,13 @@ def test_same_seed_same_history_on_cpu(small_mnist, name):
     assert torch.equal(runs[0].predictions, runs[1].predictions)
 
 
+def test_on_epoch_end_sees_every_epoch_as_the_history_records_it(small_mnist):
+    rows = []
+    result = fit(get_experiment("basic_cnn").replace(epochs=2), data=small_mnist, device="cpu", progress=False,
+                 on_epoch_end=lambda row: rows.append(dict(row)))
+    assert pd.DataFrame(rows).equals(result.history)
+
+
 def test_other_seed_other_history(small_mnist):
     experiment = get_experiment("basic_cnn").replace(epochs=1)
     a, b = (fit(experiment, seed=s, data=small_mnist, device="cpu", progress=False) for s in (0, 1))
