@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import paths
+from . import bench, paths
 from .device import DEVICES
 from .errors import LabError
 from .experiments import EXPERIMENTS
@@ -84,16 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
     report.add_argument("--allow-stale", action="store_true",
                         help="build from stale artifacts anyway; the title page says what is stale")
-    bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
-    bench.add_argument("--models", nargs="+", choices=("basic_cnn", "cnn", "mobilenet", "vit"), metavar="MODEL",
-                       default=["basic_cnn", "cnn", "mobilenet", "vit"], help="which models (default: all four)")
-    bench.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
-    bench.add_argument("--repeats", type=_positive_int, default=8,
-                       help="timed epochs per loop, the two loops taking turns (default 8)")
-    bench.add_argument("--full-schedule", action="store_true",
-                       help="also train the report's whole schedule once per model and time it (tens of minutes on a CPU)")
-    bench.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
-    bench.add_argument("--out", type=Path, help="JSON results (default: artifacts/bench/bench.json)")
+    benchmark = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
+    benchmark.add_argument("--models", nargs="+", choices=bench.MODELS, metavar="MODEL", default=list(bench.MODELS),
+                           help="which models (default: all four)")
+    benchmark.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
+    benchmark.add_argument("--repeats", type=_positive_int, default=8,
+                           help="timed epochs per loop, the two loops taking turns (default 8)")
+    benchmark.add_argument("--full-schedule", action="store_true",
+                           help="also train the report's whole schedule once per model and time it (tens of minutes on a CPU)")
+    benchmark.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
+    benchmark.add_argument("--out", type=Path, help="JSON results (default: artifacts/bench/bench.json)")
     return parser
 
 
@@ -171,8 +171,6 @@ def _train(args) -> None:
 
 
 def _bench(args) -> None:
-    from . import bench
-
     report = bench.run(tuple(args.models), images=args.images, repeats=args.repeats,
                        full_schedule=args.full_schedule, root=args.data_root, out=args.out)
     print(bench.table(report))
