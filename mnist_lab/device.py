@@ -7,6 +7,7 @@ import platform
 import torch
 
 from .errors import LabError
+from .models import cpu_kernels
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -36,6 +37,8 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        # Whether the fused CPU kernels compiled here (else torch's own layers ran: same results to rounding).
+        "cpu_kernels": cpu_kernels.available() if device.type == "cpu" else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

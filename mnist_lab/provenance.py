@@ -32,12 +32,12 @@ def file_hash(path: str | Path) -> str:
 
 
 def source_hash(names=TRAINING_SOURCES) -> str:
-    """SHA-256 over the named files (folders: every .py file in them) of the package."""
+    """SHA-256 over the named files (folders: every .py and .c file in them) of the package."""
     digest = hashlib.sha256()
     package = paths.ROOT / "mnist_lab"
     for name in names:
         target = package / name
-        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        files = sorted([*target.rglob("*.py"), *target.rglob("*.c")]) if target.is_dir() else [target]
         for path in files:
             digest.update(str(path.relative_to(package)).encode())
             digest.update(path.read_bytes())

@@ -1,6 +1,7 @@
 import torch
+import torch.nn.functional as F
 
-from mnist_lab.augment import Augmentation, augment
+from mnist_lab.augment import Augmentation, _rotation_grid, augment
 
 
 def _digit(mnist):
@@ -38,3 +39,12 @@ def test_same_seed_same_augmentation(mnist):
     a = augment(x, aug, torch.Generator().manual_seed(3))
     b = augment(x, aug, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_rotation_grid_is_affine_grids():
+    angles = torch.linspace(-0.3, 0.3, 8)
+    cos, sin, mirror = angles.cos(), angles.sin(), torch.tensor([1.0, -1.0]).repeat(4)
+    zeros = torch.zeros(8)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, zeros], 1), torch.stack([sin * mirror, cos, zeros], 1)], 1)
+    expected = F.affine_grid(theta, [8, 1, 28, 20], align_corners=False)
+    torch.testing.assert_close(_rotation_grid(cos, sin, mirror, 28, 20), expected, rtol=0, atol=1e-6)

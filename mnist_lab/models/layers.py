@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
+
 WORD_LANES = 4  # 16-bit random draws per 64-bit random word
 LANE_VALUES = 1 << 16
 
@@ -57,8 +59,11 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     words = torch.empty(-(-n // WORD_LANES), dtype=torch.int64, device=x.device).random_(-(2**63), None)
     draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over -32768..32767
-    keep = draws >= dropped_values - LANE_VALUES // 2
-    return keep.to(x.dtype).mul_(LANE_VALUES / (LANE_VALUES - dropped_values))
+    # Kept where draw >= threshold. Computed in float arithmetic, not as a comparison:
+    # torch's bool-to-float conversion is not vectorized, and this is ~4× faster.
+    threshold = dropped_values - LANE_VALUES // 2
+    keep = draws.to(x.dtype).sub_(threshold - 1).clamp_(0, 1)  # draws are integers: 0 or 1
+    return keep.mul_(LANE_VALUES / (LANE_VALUES - dropped_values))
 
 
 class SelfAttention(StockSwitch, nn.MultiheadAttention):
@@ -66,32 +71,66 @@ class SelfAttention(StockSwitch, nn.MultiheadAttention):
 
     With 17 tokens a fused attention kernel has nothing to gain; what costs is moving
     heads around and the dropout on the attention weights, done here with `keep_mask`.
+    `attn(queries, tokens)` attends from only some tokens' queries (the ViT's last block
+    needs only the CLS token's); `attn(tokens)` from every token's.
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__(dim, num_heads, dropout=dropout, batch_first=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = queries if tokens is None else tokens
         if self.stock:
-            return super().forward(x, x, x, need_weights=False)[0]
-        b, n, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim), views
-        weights = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1)  # (B, heads, N, N)
+            return super().forward(queries, tokens, tokens, need_weights=False)[0]
+        q, k, v = self._project(queries, tokens)  # each (B, heads, tokens, head_dim)
+        weights = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(-1)  # (B, heads, Nq, N)
         if self.training:
             weights = dropout(weights, self.dropout)
-        heads = weights @ v  # (B, heads, N, head_dim)
-        return self.out_proj(heads.transpose(1, 2).reshape(b, n, d))
+        heads = weights @ v  # (B, heads, Nq, head_dim)
+        return self.out_proj(heads.transpose(1, 2).flatten(2))
+
+    def _project(self, queries: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values split into heads: one matmul when every token queries."""
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if queries is tokens:
+            parts = F.linear(tokens, weight, bias).unflatten(-1, (3, self.num_heads, self.head_dim))
+            return parts.permute(2, 0, 3, 1, 4).unbind(0)  # views, no copies
+        d = self.embed_dim
+        q = F.linear(queries, weight[:d], bias[:d]).unflatten(-1, (self.num_heads, self.head_dim))
+        kv = F.linear(tokens, weight[d:], bias[d:]).unflatten(-1, (2, self.num_heads, self.head_dim))
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q.transpose(1, 2), k, v
 
 
 class ReLUMaxPool2d(StockSwitch, nn.MaxPool2d):
     """ReLU then max-pooling, computed as max-pooling then ReLU: the same numbers and
-    gradients, with the ReLU on a quarter of the elements."""
+    gradients, with the ReLU on a quarter of the elements. 2×2 pooling of channels-last
+    float32 maps on the CPU runs as one fused kernel each way (`cpu_kernels.ReLUMaxPool`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stock:
             return super().forward(torch.relu(x))
+        if self._is_plain_2x2() and cpu_kernels.applies_to(x) and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+            return cpu_kernels.ReLUMaxPool.apply(x)
         return torch.relu_(super().forward(x))
+
+    def _is_plain_2x2(self) -> bool:
+        return (self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2)) and self.padding in (0, (0, 0))
+                and self.dilation in (1, (1, 1)) and not self.ceil_mode and not self.return_indices)
+
+
+class BatchNormReLU(StockSwitch, nn.BatchNorm2d):
+    """BatchNorm2d followed by ReLU. In training, channels-last float32 maps on the CPU take
+    one fused kernel each way (`cpu_kernels.BatchNormReLU`); the parameters, the buffers and
+    their updates are BatchNorm2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stock or not (self.training and self.affine and self.track_running_stats and cpu_kernels.applies_to(x)):
+            return torch.relu(super().forward(x))
+        self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        return cpu_kernels.BatchNormReLU.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                               momentum, self.eps)
 
 
 def use_stock_layers(model: nn.Module) -> nn.Module:

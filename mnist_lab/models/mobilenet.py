@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .layers import BatchNormReLU
+
 
 class DepthwiseSeparableConv(nn.Module):
     """A 3×3 convolution split in two: per channel (depthwise), then across channels (1×1 pointwise).
@@ -22,8 +24,7 @@ class DepthwiseSeparableConv(nn.Module):
 def _block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         DepthwiseSeparableConv(in_channels, out_channels, stride),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        BatchNormReLU(out_channels),  # BatchNorm, then ReLU
     )
 
 
@@ -31,7 +32,7 @@ class MobileNet(nn.Module):
     def __init__(self, *, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True)),
+            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), BatchNormReLU(32)),
             _block(32, 64),  # (B, 64, 28, 28)
             _block(64, 128, stride=2),  # (B, 128, 14, 14)
             _block(128, 128),
