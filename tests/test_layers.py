@@ -125,6 +125,17 @@ def test_keep_mask_drops_p_and_keeps_the_mean():
     assert abs(mask.mean().item() - 1.0) < 0.005
 
 
+def test_compiled_dropout_drops_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(2_000_000)
+    y = cpu_kernels.Dropout.apply(x, 0.1)
+    dropped = (y == 0).float()
+    assert abs(dropped.mean().item() - 0.1) < 0.002  # ~10 standard deviations
+    assert abs((dropped[1:] * dropped[:-1]).mean().item() - 0.01) < 0.001  # neighbours drop independently
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
+    assert abs(y.mean().item() - 1.0) < 0.005
+
+
 def test_dropout_is_random_in_training_and_the_identity_in_evaluation():
     torch.manual_seed(0)
     layer = Dropout(0.5)

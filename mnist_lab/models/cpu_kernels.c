@@ -6,6 +6,9 @@
  * - ReLU after 2×2 max-pooling: torch's pooling backward first zero-fills the whole
  *   input-sized gradient, then scatters into it; here every gradient element is written
  *   once, from a one-byte record of which corner of its window held the maximum.
+ * - Dropout: torch's CPU dropout draws each element's number from a serial generator and
+ *   stores a mask; here each element's keep-or-drop comes from a hash of its index and a
+ *   seed, so the draws vectorize and the backward recomputes the mask instead of reading it.
  * - BatchNorm (training mode) followed by ReLU: torch runs BatchNorm, ReLU, ReLU's backward
  *   and BatchNorm's backward as four kernels (13 passes over a map); here the ReLU is folded
  *   into BatchNorm's output and its mask recomputed from the input in the backward (8 passes).
@@ -188,5 +191,42 @@ void scale_shift_relu_backward_input(const float *restrict grad_y, const float *
             const float gk = g[k], gm = r[k] * scale[k] + shift[k] <= 0.f ? 0.f : gk;
             out[k] = gain[k] * (gm - g_mean[k] - (r[k] - mean[k]) * slope[k]);
         }
+    }
+}
+
+/* A well-mixed 32-bit hash (Wellons' "lowbias32", bias ~0.17 of the best known). */
+static inline uint32_t mix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    return h;
+}
+
+/* One block of dropout: elements first..first+count-1. */
+static inline void drop_block(const float *restrict x, float *restrict y, long first, long count, uint32_t low,
+                              uint32_t high, uint32_t threshold, float scale)
+{
+    const int32_t bar = (int32_t)(threshold ^ 0x80000000u);
+    for (long i = 0; i < count; i++) {
+        const uint32_t draw = mix32(mix32((uint32_t)(first + i) ^ low) ^ high);
+        /* draw >= threshold, as a signed comparison (sign bits flipped): AVX2 has no unsigned one */
+        const int32_t keep = (int32_t)(draw ^ 0x80000000u) >= bar;
+        y[i] = (float)keep * scale * x[i]; /* x times the mask, as torch's dropout */
+    }
+}
+
+/* y = x · scale where the draw of element i (a hash of i and the seed, uniform over 32
+ * bits) is at least `dropped`, else 0. The same seed gives the same mask, so the backward
+ * is this function applied to the gradient. */
+void dropout(const float *restrict x, float *restrict y, long n, uint64_t seed, uint64_t dropped, float scale)
+{
+    const long block = 4096;
+#pragma omp parallel for schedule(static)
+    for (long first = 0; first < n; first += block) {
+        const long count = n - first < block ? n - first : block;
+        drop_block(x + first, y + first, first, count, (uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)dropped, scale);
     }
 }

@@ -7,7 +7,8 @@ path: same results to float rounding, only slower.
 
 Measured side by side on 2 cores (fp32, batch 64, steady-state steps, one process taking
 turns): `relu_max_pool` made the CNN's step ~1.15× faster, `batch_norm_relu` MobileNet's
-~1.1×; both are bound by memory traffic at these sizes (see the C file).
+~1.1×, and `Dropout` the ViT's ~1.07×; all are bound by memory traffic at these sizes
+(see the C file).
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-_SIGNATURES = {  # argument kinds: p a pointer, n a size
+_ARGUMENT_TYPES = {"p": ctypes.c_void_p, "n": ctypes.c_long, "u": ctypes.c_uint64, "f": ctypes.c_float}
+_SIGNATURES = {  # argument kinds: p a pointer, n a size, u an unsigned 64-bit integer, f a float
     "relu_max_pool_forward": "pppnnnn",
     "relu_max_pool_backward": "ppppnnnn",
     "channel_sums": "pnnpp",
     "scale_shift_relu": "ppppnn",
     "scale_shift_relu_backward_sums": "pppppnnpp",
     "scale_shift_relu_backward_input": "pppppppppnn",
+    "dropout": "ppnuuf",
 }
 
 
@@ -60,7 +63,7 @@ def _library() -> ctypes.CDLL | None:
         library = ctypes.CDLL(str(target))  # stays loaded after the file is removed
     for name, kinds in _SIGNATURES.items():
         function = getattr(library, name)
-        function.argtypes = [ctypes.c_void_p if kind == "p" else ctypes.c_long for kind in kinds]
+        function.argtypes = [_ARGUMENT_TYPES[kind] for kind in kinds]
         function.restype = None
     return library
 
@@ -134,3 +137,26 @@ class BatchNormReLU(torch.autograd.Function):
         _call("scale_shift_relu_backward_input", grad_y, x, scale, shift, mean, scale, g_mean, slope, grad_x, rows, c)
         return grad_x, (sum_gx * invstd).float(), sum_g.float(), None, None, None, None
 
+
+
+class Dropout(torch.autograd.Function):
+    """Training-mode dropout of float32 tensors on the CPU: each element is dropped with
+    probability p (to 2⁻³²), kept ones scaled by 1/(1-p). The seed comes from torch's
+    generator, so `torch.manual_seed` repeats the masks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.mask = (int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64)), round(p * 2**32), 1.0 / (1.0 - p))
+        return _drop(x, *ctx.mask)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        return _drop(grad_y, *ctx.mask), None  # the same seed: the same elements dropped
+
+
+def _drop(x: torch.Tensor, seed: int, dropped: int, scale: float) -> torch.Tensor:
+    """x with the elements whose draw is below `dropped` (of 2³²) zeroed, the others scaled."""
+    x = x.contiguous()  # element i of the mask is element i in row-major order
+    y = torch.empty_like(x)
+    _call("dropout", x, y, x.numel(), seed, dropped, scale)
+    return y
