@@ -9,29 +9,43 @@ It also counts one training step's FLOPs (forward + backward on a batch of 64, w
 `FlopCounterMode`) to turn images/s into GFLOP/s, next to the machine's measured peak
 (the best of a few 2048×2048 fp32 matmuls on the same threads), and estimates the
 report's full schedule (60,000 images × the experiment's epochs) from the throughput.
+The FLOPs are those the trainer's model executes: for the ViT, whose last block computes
+only the CLS token, 66 MFLOP/image where the usual loop's computes 82.
 
 The usual loop runs the same architecture on torch's stock layers (`use_stock_layers`),
 in NCHW, with glibc's default allocator settings.
 
-Where the time goes (torch.profiler and steady-state step timings, 2-core AMD EPYC, AVX2):
+Where the time goes (torch.profiler and steady-state step timings, 2-core AMD EPYC, AVX2),
+and what was done about it; the step speed-ups were measured with the whole model's training
+steps taking turns in one process, with and without the change:
 - basic_cnn: ~10 ms steps, so framework overhead is a visible share; convolution backward,
   max-pooling and the 6272→64 linear layer take most of the rest.
-- cnn: convolutions ~50%; in NCHW oneDNN reorders every activation (channels_last: ~1.35×).
-  ReLU before max-pooling was ~18% of the step; pooling first (`ReLUMaxPool2d`) made the
-  step ~1.1-1.4× faster, keeping freed memory (`memory.py`) ~1.2×.
-- mobilenet: convolutions ~65% (the 1×1 ones run near 100 GFLOP/s, like a matmul of the
-  same shape), BatchNorm and ReLU ~25%, both bound by memory traffic and by page faults on
-  the 12.8 MB maps at 28×28×64, which glibc's defaults hand back to the kernel after every
-  step (~8,500 faults a step; ~2,400 with `memory.keep_freed_memory`, ~1.2× faster).
+- cnn: convolutions ~60% (oneDNN, ~50-80 GFLOP/s at these shapes; conv1, from one input
+  channel, runs at ~30). In NCHW oneDNN reorders every activation (channels_last: ~1.35×).
+  ReLU before max-pooling was ~18% of the step; pooling first made the step ~1.1-1.4×
+  faster, keeping freed memory (`memory.py`) ~1.2×. Max-pooling's backward zero-fills the
+  whole input gradient first (~8% of the step); the fused kernel (`cpu_kernels`) writes
+  each element once: ~1.04×, the basic CNN ~1.10×. Affine_grid's batched matmul was ~2%;
+  `augment` writes the rotation grid out.
+- mobilenet: convolutions ~65% (the 1×1 ones near 100 GFLOP/s, like a matmul of the same
+  shape; the depthwise backward ~10), BatchNorm and ReLU ~25%, bound by memory traffic
+  and by page faults on the 12.8 MB maps at 28×28×64, which glibc's defaults hand back to
+  the kernel after every step (~8,500 faults a step; ~2,400 with
+  `memory.keep_freed_memory`, ~1.2× faster). BatchNorm+ReLU as one kernel each way
+  (`cpu_kernels`): 8 passes over a map instead of 13, ~1.06×.
 - vit: matmuls ~55% of the step (~135 GFLOP/s); torch's CPU dropout was ~25% (one serial
   32-bit draw per element), nn.MultiheadAttention's head split/merge ~7% in copies.
   `layers.Dropout` and `layers.SelfAttention` took the step from ~680 to ~900 images/s;
-  dropout's remaining cost is mostly the random draws themselves (~0.6 ms per 557k elements).
+  the last block computing only the CLS token (the only one the head reads) ~1.2×; the
+  compiled dropout (hashed draws, the backward recomputing the mask) ~1.05×.
 Tried and not adopted, measured the same way: torch.compile (inductor, CPU) made the steps
 slower, not faster (ViT 620 vs 890 images/s, MobileNet 364 vs 708, after 8-60 s of
-compiling); OMP_WAIT_POLICY=ACTIVE made no difference and PASSIVE was slower; 1×1
-convolutions as `F.linear` on the NHWC view, and a hand-written depthwise backward, were
-within noise of oneDNN's.
+compiling; GELU+dropout alone 8.0 vs 5.4 ms); OMP_WAIT_POLICY=ACTIVE made no difference
+and PASSIVE was slower; 1×1 convolutions as `F.linear` on the NHWC view, a hand-written
+depthwise backward, and the backward's two gradients asked for in separate calls were
+within noise of oneDNN's; 3×3 convolutions as one im2col matmul (the CNN's conv2, forward
+and backward: 20 vs 13 ms) and a C kernel for conv1 (2.0-2.6 vs 1.6-2.0 ms) were slower;
+flushing denormals to zero changed nothing.
 """
 
 from __future__ import annotations

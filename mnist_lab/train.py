@@ -29,7 +29,7 @@ from .device import environment, resolve_device
 from .errors import LabError
 from .experiments import Experiment
 from .memory import keep_freed_memory
-from .models import count_parameters, create_model
+from .models import count_parameters, cpu_kernels, create_model
 
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
 EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
@@ -104,6 +104,7 @@ def fit(
 
     if target.type == "cpu":
         keep_freed_memory()  # reuse freed activations instead of page-faulting them back in
+        cpu_kernels.available()  # compile the fused kernels now, not inside the first timed epoch
     if deterministic:
         _use_deterministic_kernels()
     torch.manual_seed(seed)  # model initialisation and dropout

@@ -1,4 +1,4 @@
-/* Two fused CPU kernels for channels-last (NHWC) float32 maps, one pass per direction.
+/* Fused CPU kernels for the models' memory-bound layers: float32, channels-last (NHWC) maps.
  *
  * At 28×28×64 a feature map is 12.8 MB, so on the CPU these layers are bound by memory
  * traffic, not arithmetic: what counts is how many times each map is read or written.
@@ -16,9 +16,11 @@
  * Built with -ffp-contract=off, so that `x * scale + shift` rounds the same in the forward
  * and the backward: the backward's ReLU mask is then exactly the forward's.
  * OpenMP here is the runtime torch already loaded (the same libgomp.so.1), so these loops
- * use torch's threads and its thread count.
+ * use torch's threads and its thread count. Every kernel gives the same result on every
+ * run with the same thread count.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +65,8 @@ static inline void unpool_pixel(const float *restrict grad_y, const float *restr
                                 float *restrict p0, float *restrict p1, float *restrict p2, float *restrict p3, long c)
 {
     for (long k = 0; k < c; k++) {
-        const float gv = grad_y[k], g = y[k] <= 0.f ? 0.f : gv; /* load first: a conditional load won't vectorize well */
+        /* Loaded unconditionally: a conditional load would not vectorize well. */
+        const float gv = grad_y[k], g = y[k] <= 0.f ? 0.f : gv;
         const uint8_t a = corner[k];
         p0[k] = a == 0 ? g : 0.f;
         p1[k] = a == 1 ? g : 0.f;
@@ -101,15 +104,25 @@ static void flush(float *restrict block, double *restrict total, long n)
     }
 }
 
-/* Per-channel sums of x and x² over the rows of an (m, c) matrix. */
-void channel_sums(const float *restrict x, long m, long c, double *restrict sum, double *restrict sum_sq)
+/* out[k] = Σ over threads of partials[thread][k], added in thread order: with the static
+ * schedule each thread always sums the same rows, so the result repeats bit for bit
+ * (a critical section would add the threads in whatever order they finish). */
+static void add_in_thread_order(const double *restrict partials, int threads, long n, double *restrict out)
 {
-    memset(sum, 0, c * sizeof(double));
-    memset(sum_sq, 0, c * sizeof(double));
-#pragma omp parallel
+    memset(out, 0, n * sizeof(double));
+    for (int t = 0; t < threads; t++)
+        for (long k = 0; k < n; k++) out[k] += partials[t * n + k];
+}
+
+/* Per-channel sums of x and x² over the rows of an (m, c) matrix: sums[0..c) and sums[c..2c). */
+void channel_sums(const float *restrict x, long m, long c, double *restrict sums)
+{
+    const int threads = omp_get_max_threads();
+    double *partials = calloc(threads * 2 * c, sizeof(double));
+#pragma omp parallel num_threads(threads)
     {
         float *restrict s = calloc(2 * c, sizeof(float)), *restrict q = s + c;
-        double *restrict total = calloc(2 * c, sizeof(double));
+        double *restrict total = partials + omp_get_thread_num() * 2 * c;
 #pragma omp for schedule(static)
         for (long i = 0; i < m; i++) {
             const float *r = x + i * c;
@@ -120,18 +133,15 @@ void channel_sums(const float *restrict x, long m, long c, double *restrict sum,
             if (i % BLOCK_ROWS == BLOCK_ROWS - 1) flush(s, total, 2 * c);
         }
         flush(s, total, 2 * c);
-#pragma omp critical
-        for (long k = 0; k < c; k++) {
-            sum[k] += total[k];
-            sum_sq[k] += total[c + k];
-        }
         free(s);
-        free(total);
     }
+    add_in_thread_order(partials, threads, 2 * c, sums);
+    free(partials);
 }
 
 /* y = relu(x * scale + shift), per channel: BatchNorm's normalisation and affine map in one. */
-void scale_shift_relu(const float *restrict x, float *restrict y, const float *restrict scale, const float *restrict shift, long m, long c)
+void scale_shift_relu(const float *restrict x, float *restrict y, const float *restrict scale,
+                      const float *restrict shift, long m, long c)
 {
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < m; i++) {
@@ -144,18 +154,19 @@ void scale_shift_relu(const float *restrict x, float *restrict y, const float *r
     }
 }
 
-/* Per-channel sums of g and g·(x - mean), with g the gradient of y = relu(x·scale + shift)
- * masked by the ReLU as recomputed from x: what BatchNorm's backward reduces over. */
+/* Per-channel sums of g and g·(x - mean), sums[0..c) and sums[c..2c), with g the gradient
+ * of y = relu(x·scale + shift) masked by the ReLU as recomputed from x: what BatchNorm's
+ * backward reduces over. */
 void scale_shift_relu_backward_sums(const float *restrict grad_y, const float *restrict x, const float *restrict scale,
                                     const float *restrict shift, const float *restrict mean, long m, long c,
-                                    double *restrict sum_g, double *restrict sum_gx)
+                                    double *restrict sums)
 {
-    memset(sum_g, 0, c * sizeof(double));
-    memset(sum_gx, 0, c * sizeof(double));
-#pragma omp parallel
+    const int threads = omp_get_max_threads();
+    double *partials = calloc(threads * 2 * c, sizeof(double));
+#pragma omp parallel num_threads(threads)
     {
         float *restrict s = calloc(2 * c, sizeof(float)), *restrict t = s + c;
-        double *restrict total = calloc(2 * c, sizeof(double));
+        double *restrict total = partials + omp_get_thread_num() * 2 * c;
 #pragma omp for schedule(static)
         for (long i = 0; i < m; i++) {
             const float *g = grad_y + i * c, *r = x + i * c;
@@ -167,20 +178,17 @@ void scale_shift_relu_backward_sums(const float *restrict grad_y, const float *r
             if (i % BLOCK_ROWS == BLOCK_ROWS - 1) flush(s, total, 2 * c);
         }
         flush(s, total, 2 * c);
-#pragma omp critical
-        for (long k = 0; k < c; k++) {
-            sum_g[k] += total[k];
-            sum_gx[k] += total[c + k];
-        }
         free(s);
-        free(total);
     }
+    add_in_thread_order(partials, threads, 2 * c, sums);
+    free(partials);
 }
 
 /* grad_x = gain · (g - g_mean - (x - mean) · slope), per channel, with g masked as above:
  * BatchNorm's input gradient in training mode, its coefficients computed by the caller. */
-void scale_shift_relu_backward_input(const float *restrict grad_y, const float *restrict x, const float *restrict scale, const float *restrict shift,
-                                     const float *restrict mean, const float *restrict gain, const float *restrict g_mean,
+void scale_shift_relu_backward_input(const float *restrict grad_y, const float *restrict x, const float *restrict scale,
+                                     const float *restrict shift, const float *restrict mean,
+                                     const float *restrict gain, const float *restrict g_mean,
                                      const float *restrict slope, float *restrict grad_x, long m, long c)
 {
 #pragma omp parallel for schedule(static)
@@ -227,6 +235,7 @@ void dropout(const float *restrict x, float *restrict y, long n, uint64_t seed, 
 #pragma omp parallel for schedule(static)
     for (long first = 0; first < n; first += block) {
         const long count = n - first < block ? n - first : block;
-        drop_block(x + first, y + first, first, count, (uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)dropped, scale);
+        drop_block(x + first, y + first, first, count, (uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)dropped,
+                   scale);
     }
 }
