@@ -10,8 +10,8 @@ two thresholds makes freed blocks stay in the heap for the next step to reuse.
 Measured on 2 cores (steady-state steps, fp32, batch 64, one side-by-side run each):
 MobileNet's page faults per step fell from ~8,500 to ~2,400 and its step got ~1.2×
 faster; the CNN ~1.2×, the basic CNN ~1.7×; the ViT, whose tensors are small, did not
-change. The cost is that the
-process keeps its peak memory (a few hundred MB here) until it exits.
+change. The cost is that the process keeps its peak memory (a few hundred MB here) until
+it exits.
 """
 
 from __future__ import annotations
