@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import bench, paths
+from . import paths
+from .bench import benchmark
 from .device import DEVICES
 from .errors import LabError
 from .experiments import EXPERIMENTS
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run directory (default: artifacts/runs/EXPERIMENT-seedS)")
     train.add_argument("--deterministic", action="store_true",
                        help="on a GPU, deterministic kernels only (slower); the CPU always is")
+    train.add_argument("--faithful", action="store_true",
+                       help="train the report's code exactly: none of the trainer's speed-ups (mnist_lab/speed)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
@@ -84,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
     report.add_argument("--allow-stale", action="store_true",
                         help="build from stale artifacts anyway; the title page says what is stale")
-    benchmark = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
-    benchmark.add_argument("--models", nargs="+", choices=bench.MODELS, metavar="MODEL", default=list(bench.MODELS),
+    bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
+    bench.add_argument("--models", nargs="+", choices=benchmark.MODELS, metavar="MODEL", default=list(benchmark.MODELS),
                            help="which models (default: all four)")
-    benchmark.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
-    benchmark.add_argument("--repeats", type=_positive_int, default=8,
+    bench.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
+    bench.add_argument("--repeats", type=_positive_int, default=8,
                            help="timed epochs per loop, the two loops taking turns (default 8)")
-    benchmark.add_argument("--full-schedule", action="store_true",
+    bench.add_argument("--full-schedule", action="store_true",
                            help="also train the report's whole schedule once per model and time it (tens of minutes on a CPU)")
-    benchmark.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
-    benchmark.add_argument("--out", type=Path, help="JSON results (default: artifacts/bench/bench.json)")
+    bench.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
+    bench.add_argument("--out", type=Path, help="JSON results (default: artifacts/bench/bench.json)")
     return parser
 
 
@@ -114,7 +117,7 @@ def _parameters(args) -> tuple[dict, dict]:
 
 
 def _run(args) -> None:
-    from . import notebooks
+    from .build import notebooks
 
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
@@ -122,7 +125,8 @@ def _run(args) -> None:
 
 
 def _status(args) -> None:
-    from . import notebooks, paths, provenance
+    from .build import notebooks, provenance
+    from . import paths
 
     parameters, shared = _parameters(args)
     directory = paths.profile_dir(args.profile)
@@ -139,7 +143,7 @@ def _status(args) -> None:
 
 
 def _report(args) -> None:
-    from . import report
+    from .build import report
 
     pdf, changed = report.build(args.profile, force=args.force, verbose=args.verbose, allow_stale=args.allow_stale)
     print(f"report ({args.profile}): {pdf} ({'rebuilt' if changed else 'up to date'})")
@@ -162,7 +166,8 @@ def _train(args) -> None:
         print(f"found {checkpoint}: resuming after its last completed epoch if it is from the same recipe")
     result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
                  limit_train=args.limit_train, limit_test=args.limit_test, data=data,
-                 progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic)
+                 progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic,
+                 fast=not args.faithful)
     save_run(result, out)
     checkpoint.unlink()
     metrics = result.metrics
@@ -171,9 +176,9 @@ def _train(args) -> None:
 
 
 def _bench(args) -> None:
-    report = bench.run(tuple(args.models), images=args.images, repeats=args.repeats,
+    report = benchmark.run(tuple(args.models), images=args.images, repeats=args.repeats,
                        full_schedule=args.full_schedule, root=args.data_root, out=args.out)
-    print(bench.table(report))
+    print(benchmark.table(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,5 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The `mnist-lab` command: a process of the project's own, so process-wide settings go here, once."""
+    import os
+
+    from .speed import memory
+
+    memory.keep_freed_memory()  # this process trains on the CPU (train, bench's own runs)
+    os.environ.update(memory.ENVIRONMENT)  # and so do the notebook kernels it starts
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

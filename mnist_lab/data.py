@@ -84,7 +84,7 @@ def load_mnist(root: str | Path | None = None, *, download: bool = False) -> Mni
             f"(plain or .gz; expected {', '.join(MD5)}). Point --data-root or MNIST_LAB_DATA "
             "at a folder holding MNIST/raw/, or pass --download to fetch them."
         )
-    arrays = {name: _parse_idx(_read_verified(root, name)) for name in MD5}
+    arrays = {name: _parse_idx(read_verified(root, name)) for name in MD5}
     return Mnist(
         train=_split(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]),
         test=_split(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]),
@@ -102,7 +102,7 @@ def _split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
 
 
-def _find(root: Path, name: str) -> Path | None:
+def find_file(root: Path, name: str) -> Path | None:
     for candidate in (raw_dir(root) / name, raw_dir(root) / f"{name}.gz"):
         if candidate.is_file():
             return candidate
@@ -110,11 +110,11 @@ def _find(root: Path, name: str) -> Path | None:
 
 
 def _missing(root: Path) -> list[str]:
-    return [name for name in MD5 if _find(root, name) is None]
+    return [name for name in MD5 if find_file(root, name) is None]
 
 
-def _read_verified(root: Path, name: str) -> bytes:
-    path = _find(root, name)
+def read_verified(root: Path, name: str) -> bytes:
+    path = find_file(root, name)
     fix = "restore it (git checkout -- data/, or delete it and pass --download)"
     try:
         content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()

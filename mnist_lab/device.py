@@ -7,15 +7,13 @@ import platform
 import torch
 
 from .errors import LabError
-from .models import cpu_kernels
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; asking for an absent GPU is an error."""
-    if name not in DEVICES:
-        raise LabError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
+    check_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -29,6 +27,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_name(name: str) -> None:
+    if name not in DEVICES:
+        raise LabError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
+
+
 def environment(device: torch.device) -> dict:
     """What a result depends on besides the code and the config."""
     return {
@@ -37,8 +40,6 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        # Whether the fused CPU kernels compiled here (else torch's own layers ran: same results to rounding).
-        "cpu_kernels": cpu_kernels.available() if device.type == "cpu" else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

@@ -20,7 +20,7 @@ import torch
 
 from .data import MD5
 from .files import atomic_dir, write_json
-from .provenance import git_state, source_hash
+from .build.provenance import git_state, source_hash
 from .train import RunResult
 
 

@@ -28,13 +28,12 @@ from .data import Mnist, Split, load_mnist, normalize
 from .device import environment, resolve_device
 from .errors import LabError
 from .experiments import Experiment
-from .memory import keep_freed_memory
-from .models import count_parameters, cpu_kernels, create_model
+from .models import count_parameters, create_model
+from .speed import accelerate, memory_format, optimizer_options
 
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
 EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
 PRECISIONS = ("auto", "fp32", "bf16")
-FUSED_DEVICES = ("cuda", "cpu")  # where torch.optim has fused Adam, AdamW and SGD
 
 
 @dataclass
@@ -47,7 +46,7 @@ class RunResult:
     history: pd.DataFrame  # one row per epoch; accuracies in percent
     labels: torch.Tensor  # test-set labels, on the CPU
     predictions: torch.Tensor  # test-set predicted classes after the last epoch
-    model: nn.Module
+    model: nn.Module  # the report's model class, whatever trained it
     environment: dict = field(default_factory=dict)
 
     @property
@@ -81,6 +80,7 @@ def fit(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     deterministic: bool = False,
+    fast: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Train `experiment` and evaluate it on the test set after every epoch.
@@ -90,6 +90,8 @@ def fit(
     checkpoint: a file saved after every epoch; a run started again with it resumes after
     the last completed epoch (the caller deletes it once the result is saved).
     deterministic: on a GPU, only deterministic kernels (slower); the CPU always is.
+    fast: apply `speed`'s device-specific speed-ups to the model (the same function, computed
+    faster); False trains the report's code exactly, with torch's default optimizer loop.
     on_epoch_end: called with each epoch's history row once the epoch is done and saved
     (the benchmark uses it to take turns with the usual loop between epochs).
     """
@@ -102,24 +104,22 @@ def fit(
     train_set = data.train.head(limit_train).to(target)
     test_set = data.test.head(limit_test).to(target)
 
-    if target.type == "cpu":
-        keep_freed_memory()  # reuse freed activations instead of page-faulting them back in
-        cpu_kernels.available()  # compile the fused kernels now, not inside the first timed epoch
     if deterministic:
         _use_deterministic_kernels()
     torch.manual_seed(seed)  # model initialisation and dropout
     generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
-    memory_format = _memory_format(model, target)
-    model = model.to(memory_format=memory_format)
-    optimizer = _optimizer(model, experiment, fused=target.type in FUSED_DEVICES)
+    layout = memory_format(model, target) if fast else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    trained = accelerate(model, target) if fast else model  # shares model's parameters
+    optimizer = make_optimizer(model, experiment, **(optimizer_options(target) if fast else {}))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma) if experiment.lr_step else None
     autocast = (
         torch.autocast(target.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
 
     settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
-                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic}
+                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic, "fast": fast}
     identity = {"experiment": experiment.to_dict(), "seed": seed, **settings}
     done, rows = restore_checkpoint(checkpoint, identity=identity, model=model, optimizer=optimizer,
                                     scheduler=scheduler, generator=generator)
@@ -128,12 +128,12 @@ def fit(
         start = time.perf_counter()
         bar = tqdm(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
                    disable=not progress, leave=True)
-        train_loss, train_accuracy = _train_epoch(model, optimizer, train_set, experiment, generator,
-                                                  autocast, memory_format, epoch, bar)
+        train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
+                                                  autocast, layout, epoch, bar)
         train_seconds = time.perf_counter() - start
         if scheduler:
             scheduler.step()
-        test_loss, test_accuracy, predictions = evaluate(model, test_set, autocast, memory_format)
+        test_loss, test_accuracy, predictions = evaluate(trained, test_set, autocast, layout)
         bar.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.2f}%")
         bar.close()
         rows.append(
@@ -153,7 +153,7 @@ def fit(
         if on_epoch_end:
             on_epoch_end(rows[-1])
     if predictions is None:  # every epoch was already done by the run that saved the checkpoint
-        _, _, predictions = evaluate(model, test_set, autocast, memory_format)
+        _, _, predictions = evaluate(trained, test_set, autocast, layout)
     return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
                      model, environment(target))
 
@@ -166,39 +166,19 @@ def _use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _memory_format(model: nn.Module, target: torch.device) -> torch.memory_format:
-    """channels_last (NHWC) where it makes convolutions faster; no change to the math.
-
-    On CUDA it lets cuDNN use its fastest kernels. On the CPU, oneDNN's convolutions run in
-    NHWC natively and otherwise reorder every activation and gradient from NCHW and back:
-    measured side by side on 2 cores (steady-state steps, quiet machine), the CNN trains
-    ~1.35×, MobileNet ~1.25× and the basic CNN ~1.2× faster. The ViT has no convolution.
-    """
-    if target.type == "cuda":
-        return torch.channels_last
-    if target.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return torch.channels_last
-    return torch.contiguous_format
+def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch.optim.Optimizer:
+    """The experiment's optimizer over the model's parameters; `options` such as fused=True go to torch."""
+    optimizer_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[experiment.optimizer]
+    # SGD as in the report: plain, no momentum.
+    return optimizer_class(model.parameters(), lr=experiment.lr, weight_decay=experiment.weight_decay, **options)
 
 
-def _optimizer(model: nn.Module, experiment: Experiment, fused: bool) -> torch.optim.Optimizer:
-    params = model.parameters()
-    # fused=True runs the whole update as one kernel per parameter group (CUDA and, since
-    # torch 2.4, the CPU) instead of ~10 small ops per tensor: the ViT's 50 tensors spent
-    # ~15% of a CPU step in the per-tensor AdamW loop. Results agree to float rounding (~1e-7).
-    kwargs = {"fused": True} if fused else {}
-    if experiment.optimizer == "sgd":  # plain SGD, no momentum, as in the report
-        return torch.optim.SGD(params, lr=experiment.lr, weight_decay=experiment.weight_decay, **kwargs)
-    optimizer_class = torch.optim.Adam if experiment.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(params, lr=experiment.lr, weight_decay=experiment.weight_decay, **kwargs)
-
-
-def _inputs(images: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+def _inputs(images: torch.Tensor, layout=torch.contiguous_format) -> torch.Tensor:
     """uint8 (B, 28, 28) to float (B, 1, 28, 28) pixels in [0, 1]."""
-    return images.unsqueeze(1).float().div_(255).contiguous(memory_format=memory_format)
+    return images.unsqueeze(1).float().div_(255).contiguous(memory_format=layout)
 
 
-def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, generator, autocast, memory_format,
+def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, generator, autocast, layout,
                  epoch: int, bar) -> tuple[float, float]:
     model.train()
     n = len(train_set)
@@ -208,7 +188,7 @@ def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, gen
     for step, start in enumerate(range(0, n, experiment.batch_size), 1):
         batch = order[start : start + experiment.batch_size]
         # Augment in pixel space, where 0 is the black background the rotation fills in.
-        x = normalize(augment(_inputs(train_set.images[batch], memory_format), experiment.augmentation, generator))
+        x = normalize(augment(_inputs(train_set.images[batch], layout), experiment.augmentation, generator))
         y = train_set.labels[batch]
         with autocast:
             logits = model(x)
@@ -230,13 +210,13 @@ def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, gen
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, autocast=contextlib.nullcontext(),
-             memory_format=torch.contiguous_format) -> tuple[float, float, torch.Tensor]:
+             layout=torch.contiguous_format) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy in percent and predicted classes of `model` on `split`."""
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
     predictions = []
     for start in range(0, len(split), EVAL_BATCH):
-        x = normalize(_inputs(split.images[start : start + EVAL_BATCH], memory_format))
+        x = normalize(_inputs(split.images[start : start + EVAL_BATCH], layout))
         y = split.labels[start : start + EVAL_BATCH]
         with autocast:
             logits = model(x)

@@ -23,7 +23,8 @@ def smoke_artifacts(tmp_path_factory):
 
     The kernels papermill starts read MNIST_LAB_ARTIFACTS; this process reads paths.ARTIFACTS.
     """
-    from mnist_lab import notebooks, paths
+    from mnist_lab import paths
+    from mnist_lab.build import notebooks
 
     root = tmp_path_factory.mktemp("artifacts")
     with pytest.MonkeyPatch.context() as patch:

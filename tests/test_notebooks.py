@@ -6,7 +6,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mnist_lab import notebooks, paths
+from mnist_lab import paths
+from mnist_lab.build import notebooks
 from mnist_lab.errors import LabError
 from mnist_lab.runs import load_run
 

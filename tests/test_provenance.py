@@ -6,10 +6,11 @@ import shutil
 import nbformat
 import pytest
 
-from mnist_lab import notebooks, paths, provenance
+from mnist_lab import paths
+from mnist_lab.build import notebooks, provenance
 
 # Two tiny notebooks that use the Workbook as the real ones do, so a test runs in seconds.
-SOURCE = '''from mnist_lab.workbook import Workbook
+SOURCE = '''from mnist_lab.build.workbook import Workbook
 wb = Workbook("{name}", profile=profile)
 wb.macro("{macro}", scale * 2)'''
 
@@ -63,7 +64,7 @@ def test_a_fresh_run_records_its_inputs_and_outputs(tiny_project):
     record = json.loads(provenance.record_path("smoke", "alpha").read_text())
     assert record["parameters"] == {"profile": "smoke", "scale": 1}
     assert set(record["outputs"]) == {"macros/alpha.tex", "notebooks/alpha.ipynb"}
-    assert "mnist_lab/workbook.py" in record["sources"] and "mnist_lab/losses.py" not in record["sources"]
+    assert "mnist_lab/build/workbook.py" in record["sources"] and "mnist_lab/q1/losses.py" not in record["sources"]
     assert record["git"]["commit"] and record["wall_seconds"] > 0 and record["environment"]["torch"]
     assert "\\newcommand{\\Alpha}{2}" in (tiny_project / "artifacts/smoke/macros/alpha.tex").read_text()
     # Nothing is stale, so nothing runs again.
@@ -89,11 +90,11 @@ def test_prose_and_outputs_in_the_notebook_do_not_count(tiny_project):
 
 
 def test_a_changed_package_module_makes_its_users_stale(tiny_project):
-    workbook = tiny_project / "mnist_lab" / "workbook.py"
+    workbook = tiny_project / "mnist_lab" / "build" / "workbook.py"
     workbook.write_text(workbook.read_text() + "\n# an edit\n")
-    assert _status() == {"alpha": ["mnist_lab/workbook.py changed"], "beta": ["mnist_lab/workbook.py changed"]}
+    assert _status() == {"alpha": ["mnist_lab/build/workbook.py changed"], "beta": ["mnist_lab/build/workbook.py changed"]}
     # A module neither notebook imported changes nothing.
-    losses = tiny_project / "mnist_lab" / "reference.py"
+    losses = tiny_project / "mnist_lab" / "results" / "reference.py"
     workbook.write_text(workbook.read_text().removesuffix("\n# an edit\n"))
     losses.write_text(losses.read_text() + "\n# an edit\n")
     assert _status() == {"alpha": [], "beta": []}

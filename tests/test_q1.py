@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_lab import convolution, losses, notebooks, paths
-from mnist_lab.convolution import CLASSIC_KERNELS, conv2d_from_formula
+from mnist_lab import paths
+from mnist_lab.build import notebooks
+from mnist_lab.q1 import convolution, losses
+from mnist_lab.q1.convolution import CLASSIC_KERNELS, conv2d_from_formula
 from mnist_lab.data import normalize
 from mnist_lab.models import create_model
 

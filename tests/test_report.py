@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_lab import cli, paths, report
+from mnist_lab import cli, paths
+from mnist_lab.build import report
 from mnist_lab.errors import LabError
 
 HAVE_TEX = shutil.which("latexmk") is not None and shutil.which("pdftotext") is not None
@@ -125,7 +126,7 @@ def test_history_tables_show_the_runs_final_numbers(smoke_report, course_table, 
     runs = sorted((smoke_report.directory / "runs" / experiment).glob("seed*/metrics.json"))
     assert len(runs) == 1, "the smoke build trains one seed"
     metrics = json.loads(runs[0].read_text())
-    # The row the tables print for the last epoch (mnist_lab.tables.history formats it so).
+    # The row the tables print for the last epoch (mnist_lab.results.tables.history formats it so).
     row = (rf"^\s*{metrics['epochs']}\s+{metrics['train_loss']:.4f}\s+{metrics['train_accuracy']:.2f}%"
            rf"\s+{metrics['test_accuracy']:.2f}%\s*$")
     caption = re.search(rf"In\s+the\s+course\s+report:\s+Table\s+{course_table}\.", smoke_report.text)

@@ -31,6 +31,21 @@ def test_same_seed_same_history_on_cpu(small_mnist, name):
     assert torch.equal(runs[0].predictions, runs[1].predictions)
 
 
+@pytest.mark.parametrize("name", ["cnn", "mobilenet"])
+def test_faithful_and_fast_training_agree_where_no_dropout_is_drawn(small_mnist, name):
+    """The report's code trained as written and through `speed.accelerate`: the same model class
+    and the same losses to float rounding, grown over an epoch of Adam steps (the ViT's dropout
+    masks are drawn differently; test_speed compares single steps exactly)."""
+    experiment = get_experiment(name).replace(epochs=1)
+    fast, faithful = (fit(experiment, data=small_mnist, device="cpu", progress=False, fast=flag)
+                      for flag in (True, False))
+    assert type(fast.model) is type(faithful.model)
+    assert (fast.settings["fast"], faithful.settings["fast"]) == (True, False)
+    assert list(fast.model.state_dict()) == list(faithful.model.state_dict())
+    for column in ("train_loss", "test_loss"):
+        assert fast.history[column].item() == pytest.approx(faithful.history[column].item(), rel=1e-3)
+
+
 def test_on_epoch_end_sees_every_epoch_as_the_history_records_it(small_mnist):
     rows = []
     result = fit(get_experiment("basic_cnn").replace(epochs=2), data=small_mnist, device="cpu", progress=False,

@@ -1,9 +1,12 @@
-"""The report's MobileNet (Q3, Table 3): depthwise-separable convolutions with BatchNorm."""
+"""The report's MobileNet (Q3, Table 3; its appendix "MobileNet"): depthwise-separable convolutions.
+
+The layers are the report's, in its order; each convolution is grouped with its BatchNorm
+and ReLU in a small Sequential (the report lists them flat), which names the weights
+`features.<block>.<layer>`.
+"""
 
 import torch
 from torch import nn
-
-from .layers import BatchNormReLU
 
 
 class DepthwiseSeparableConv(nn.Module):
@@ -14,17 +17,21 @@ class DepthwiseSeparableConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
-        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels)
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=stride, padding=1,
+                                   groups=in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
+        x = self.depthwise(x)
+        x = self.pointwise(x)
+        return x
 
 
-def _block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def separable_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         DepthwiseSeparableConv(in_channels, out_channels, stride),
-        BatchNormReLU(out_channels),  # BatchNorm, then ReLU
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -32,15 +39,18 @@ class MobileNet(nn.Module):
     def __init__(self, *, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), BatchNormReLU(32)),
-            _block(32, 64),  # (B, 64, 28, 28)
-            _block(64, 128, stride=2),  # (B, 128, 14, 14)
-            _block(128, 128),
-            _block(128, 256, stride=2),  # (B, 256, 7, 7)
-            _block(256, 256),
+            nn.Sequential(nn.Conv2d(1, 32, kernel_size=3, stride=1, padding=1), nn.BatchNorm2d(32),
+                          nn.ReLU(inplace=True)),
+            separable_block(32, 64),  # (B, 64, 28, 28)
+            separable_block(64, 128, stride=2),  # (B, 128, 14, 14)
+            separable_block(128, 128),
+            separable_block(128, 256, stride=2),  # (B, 256, 7, 7)
+            separable_block(256, 256),
             nn.AdaptiveAvgPool2d(1),  # (B, 256, 1, 1): global average pooling
         )
         self.classifier = nn.Linear(256, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        x = self.features(x)
+        x = x.flatten(1)  # (B, 256)
+        return self.classifier(x)

@@ -21,10 +21,10 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import paths
-from .errors import LabError
-from .files import atomic_path, write_text
-from .profiles import get_profile
+from .. import paths
+from ..errors import LabError
+from ..files import atomic_path, write_text
+from ..profiles import get_profile
 from .provenance import git_state
 
 MAIN = "main.tex"
@@ -194,7 +194,7 @@ def stale_notebooks(profile: str) -> dict[str, list[str]]:
 
 def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
     values = info(profile)
-    lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/report.py); do not edit."]
+    lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/build/report.py); do not edit."]
     lines.append(r"\SmokeProfiletrue" if profile == "smoke" else r"\SmokeProfilefalse")
     lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
     values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
@@ -204,10 +204,12 @@ def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
 
 
 def write_info(profile: str, stale: dict[str, list[str]] | None = None) -> bool:
-    """Write report_info.tex and provenance_table.tex if their text changed; say whether either did."""
+    """Write report_info.tex, recipes_table.tex and provenance_table.tex where their text changed;
+    say whether any did."""
     directory = paths.profile_dir(profile)
     changed = False
-    for name, text in (("report_info.tex", info_tex(profile, stale)), ("provenance_table.tex", provenance_tex(profile))):
+    for name, text in (("report_info.tex", info_tex(profile, stale)), ("recipes_table.tex", recipes_tex(profile)),
+                       ("provenance_table.tex", provenance_tex(profile))):
         target = directory / name
         if not (target.is_file() and target.read_text() == text):
             write_text(target, text)
@@ -215,11 +217,38 @@ def write_info(profile: str, stale: dict[str, list[str]] | None = None) -> bool:
     return changed
 
 
+def recipes_tex(profile: str) -> str:
+    """The appendix's table of recipes, one row per experiment of `EXPERIMENTS` as this profile trains it."""
+    from ..experiments import EXPERIMENTS
+
+    settings = get_profile(profile)
+    lines = [f"% Written by `mnist-lab report --profile {profile}` from mnist_lab/experiments.py; do not edit.",
+             r"\begin{tabular}{@{}llllrrll@{}}", r"\toprule",
+             r"Experiment & Model & Optimizer & Learning rate & Epochs & Batch & Schedule & Augmentation \\",
+             r"\midrule"]
+    for experiment in EXPERIMENTS.values():
+        experiment = settings.apply(experiment)
+        optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[experiment.optimizer]
+        if experiment.weight_decay:
+            optimizer += f", weight decay {experiment.weight_decay:g}"
+        schedule = (f"$\\times{experiment.lr_gamma:g}$ every {experiment.lr_step} epochs" if experiment.lr_step
+                    else "constant")
+        augmentation = experiment.augmentation
+        parts = (["flip"] if augmentation.hflip else []) + (
+            [f"rotation $\\pm{augmentation.max_rotation:g}^\\circ$"] if augmentation.max_rotation else [])
+        lines.append(f"{_typewriter(experiment.name)} & {_typewriter(experiment.model)} & {optimizer} & "
+                     f"{experiment.lr:g} & {experiment.epochs} & {experiment.batch_size} & {schedule} & "
+                     f"{' + '.join(parts) or 'none'} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
 def provenance_tex(profile: str) -> str:
     """The appendix's table of what made the artifacts: one row per notebook run and per training run."""
     directory = paths.profile_dir(profile)
+    # Two tables, one above the other, each scaled to the text width on its own.
     lines = [f"% Written by `mnist-lab report --profile {profile}` from artifacts/{profile}/provenance/; do not edit.",
-             r"\begin{tabular}{@{}lllrl@{}}", r"\toprule",
+             r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}lllrl@{}}", r"\toprule",
              r"Notebook & Ran (UTC) & Commit & Wall time & Device \\", r"\midrule"]
     for record in _records(directory):
         lines.append(
@@ -227,8 +256,8 @@ def provenance_tex(profile: str) -> str:
             f"{_commit_text(record['git'].get('commit'), record['git'].get('dirty'))} & "
             f"{record['wall_seconds']:.0f} s & {_latex_escape(str(record.get('device')))} \\\\"
         )
-    lines += [r"\bottomrule", r"\end{tabular}", "", r"\medskip", "",
-              r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
+    lines += [r"\bottomrule", r"\end{tabular}}\end{center}", "",
+              r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
               r"Experiment & Seed & Epochs & Test accuracy & Training time & Fingerprint \\", r"\midrule"]
     for config_path in sorted(directory.glob("runs/*/*/config.json")):
         config = json.loads(config_path.read_text())
@@ -238,7 +267,7 @@ def provenance_tex(profile: str) -> str:
             f"{metrics['test_accuracy']:.2f}\\,\\% & {metrics['train_seconds']:.0f} s & "
             f"\\texttt{{{str(config.get('fingerprint') or 'none')[:12]}}} \\\\"
         )
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}}\end{center}"]
     return "\n".join(lines) + "\n"
 
 

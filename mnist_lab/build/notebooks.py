@@ -8,10 +8,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import paths, provenance
-from .errors import LabError
-from .files import atomic_path, write_json
-from .profiles import get_profile
+from .. import paths
+
+from . import provenance
+from ..errors import LabError
+from ..files import atomic_path, write_json
+from ..profiles import get_profile
 
 
 def available() -> list[str]:
@@ -67,7 +69,7 @@ def effective_parameters(name: str, profile: str, parameters: dict | None = None
     check_parameters(name, given)
     effective = {**declared, **given}
     if "device" in effective:  # no GPU when one was asked for: say so now, not in a cell minutes later
-        from .device import resolve_device
+        from ..device import resolve_device
 
         resolve_device(effective["device"])
     return effective

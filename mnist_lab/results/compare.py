@@ -12,29 +12,46 @@ import time
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import Split, normalize
-from .models import count_parameters
-from .models.layers import use_stock_layers
-from .runs import Run, load_model
+from ..data import Split, normalize
+from ..models import count_parameters
+from ..runs import Run, load_model
 from .tables import mean_at
 
 
-def flops_per_image(model: nn.Module) -> int:
-    """Forward-pass floating-point operations for one 28×28 image (a multiply-add counts 2).
-
-    The architecture's count, on torch's stock layers: the fast layers compute the same
-    function, and the ViT's with less arithmetic (its last block only for the CLS token).
-    """
+def flops_per_image(model: nn.Module, *, training_step: bool = False) -> float:
+    """Floating-point operations for one 28×28 image (a multiply-add counts 2): the forward
+    pass, or with `training_step` a whole training step (forward and backward)."""
     batch = 16
     # Counted in training mode on a copy: in evaluation mode PyTorch may take fused fast
     # paths (nn.MultiheadAttention's) that the counter cannot see into.
-    model = use_stock_layers(copy.deepcopy(model)).train()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(batch, 1, 28, 28, device=next(model.parameters()).device))
-    return counter.get_total_flops() // batch
+    model = copy.deepcopy(model).train()
+    device = next(model.parameters()).device
+    images, labels = torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        if training_step:
+            F.cross_entropy(model(images), labels).backward()
+        else:
+            with torch.no_grad():
+                model(images)
+    return counter.get_total_flops() / batch
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **_) -> int:
+    """Each of the gradients (input, weight) costs what the forward convolution costs.
+
+    torch's own formula ignores `groups` in the backward pass: it counts a depthwise
+    convolution's backward ~C times too high (MobileNet: 230 instead of ~70 MFLOP/image).
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
 @torch.inference_mode()

@@ -22,9 +22,9 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from .data import Split, normalize
+from ..data import Split, normalize
+from ..results.figures import DIGIT_CMAP
 
-DIGIT_CMAP = "gray_r"  # dark ink on white paper, as in the Q2 and Q3 figures
 RESPONSE_CMAP = "RdBu_r"  # signed responses: red positive, blue negative, white zero
 
 # Named 3×3 kernels, as classic image processing designed them by hand. In MNIST the ink is
@@ -223,7 +223,7 @@ def pipeline_stages(model: nn.Module, image: torch.Tensor) -> Stages:
     model = model.eval().cpu()
     x = normalize(image.float()[None, None] / 255)  # (1, 1, 28, 28), standardized as in training
     activated = torch.relu(model.conv(x))  # (1, 32, 28, 28)
-    pooled = model.relu_pool(activated)  # (1, 32, 14, 14); its ReLU changes nothing here
+    pooled = model.pool(activated)  # (1, 32, 14, 14)
     scores = model.fc2(torch.relu(model.fc1(pooled.flatten(1))))  # (1, 10)
     return Stages(activated[0], pooled[0], torch.softmax(scores, dim=1)[0])
 
@@ -233,7 +233,7 @@ def cnn_pipeline_figure(model: nn.Module, image: torch.Tensor, label: int, *, ma
     convolution and ReLU, the same maps after max pooling, and the predicted class probabilities.
 
     `image` is one (28, 28) uint8 digit as stored in `Split.images`; the model must have the
-    basic CNN's `conv`, `relu_pool`, `fc1` and `fc2`.
+    basic CNN's `conv`, `pool`, `fc1` and `fc2`.
     """
     stages = pipeline_stages(model, image)
     probabilities = stages.probabilities

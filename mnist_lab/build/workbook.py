@@ -19,17 +19,19 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
+from pandas.io.formats.style import Styler
 
-from . import paths
-from .data import Mnist, load_mnist
-from .device import DEVICES, environment, resolve_device
-from .errors import LabError
-from .experiments import get_experiment
-from .files import atomic_path, write_json, write_text
-from .profiles import get_profile
+from .. import paths
+from ..data import Mnist, load_mnist
+from ..device import check_name as check_device_name
+from ..device import environment, resolve_device
+from ..errors import LabError
+from ..experiments import Experiment, get_experiment
+from ..files import atomic_path, write_json, write_text
+from ..profiles import get_profile
 from .provenance import fingerprint, session_path
-from .runs import Run, load_run, save_run
-from .train import fit
+from ..runs import Run, load_run, save_run
+from ..train import fit
 
 # Vector PDFs that journals accept (TrueType, not Type 3, fonts) and that are byte-stable
 # across re-runs (no creation date).
@@ -52,8 +54,7 @@ class Workbook:
     def __init__(self, notebook: str, *, profile: str = "smoke", device: str = "auto", seeds=(0,)):
         self.notebook = notebook
         self.profile = get_profile(profile)
-        if device not in DEVICES:
-            raise LabError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+        check_device_name(device)
         self.device = device
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
         if not isinstance(seeds, list) or not seeds or not all(
@@ -78,9 +79,13 @@ class Workbook:
         """One run per seed of the named experiment under this profile."""
         return [self.run(experiment_name, seed) for seed in self.seeds]
 
+    def recipe(self, experiment_name: str) -> Experiment:
+        """The experiment as this profile trains it (the smoke profile caps the epochs)."""
+        return self.profile.apply(get_experiment(experiment_name))
+
     def run(self, experiment_name: str, seed: int = 0) -> Run:
         """Train the experiment, or read the saved run if its inputs have not changed."""
-        experiment = self.profile.apply(get_experiment(experiment_name))
+        experiment = self.recipe(experiment_name)
         device = resolve_device(self.device)
         key = fingerprint(experiment=experiment.to_dict(), seed=seed, device=device.type,
                           limit_train=self.profile.limit_train, limit_test=self.profile.limit_test)
@@ -104,8 +109,8 @@ class Workbook:
         Macros are named after the experiment: basic_cnn gives \\BasicCnnTestAccuracy,
         \\BasicCnnEpochs, \\BasicCnnParameters, ... (means over the seeds).
         """
-        from .reference import report_final_test_accuracy
-        from .tables import mean_at
+        from ..results.reference import report_final_test_accuracy
+        from ..results.tables import mean_at
 
         runs = self.runs(experiment_name)
         prefix = macro_prefix(experiment_name)
@@ -132,8 +137,9 @@ class Workbook:
             self._record_output(target)
         return fig
 
-    def table(self, frame: pd.DataFrame, name: str, **format_kwargs) -> pd.DataFrame:
-        """Save `frame` as tables/<name>.csv and a booktabs tables/<name>.tex; return it for display.
+    def table(self, frame: pd.DataFrame, name: str, **format_kwargs) -> Styler:
+        """Save `frame` as tables/<name>.csv and a booktabs tables/<name>.tex; return it styled
+        for display as the report prints it (formatted, without pandas' index column).
 
         format_kwargs go to `Styler.format` (e.g. precision=4); text is escaped for LaTeX.
         """
@@ -147,7 +153,7 @@ class Workbook:
         )
         write_text(self._path("tables", f"{name}.tex"), latex)
         self._record_output(self._path("tables", f"{name}.tex"))
-        return frame
+        return frame.style.hide(axis="index").format(**{**format_kwargs, "escape": "html"})
 
     def macro(self, name: str, value) -> None:
         """Define \\<name> in macros/<notebook>.tex: prose quotes results through these, never by hand."""

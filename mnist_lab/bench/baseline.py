@@ -2,17 +2,14 @@
 
 This is pytorch/examples' `mnist/main.py` pattern applied to the report's recipes:
 `torchvision.datasets.MNIST` + `DataLoader(batch_size=64, shuffle=True, num_workers=0)`
-+ per-sample PIL transforms, fp32, and `loss.item()` after every step. Same model,
-optimizer, learning-rate schedule and training subset as `train.fit`, with the model on
-torch's stock layers (`use_stock_layers`: nn.MultiheadAttention, nn.Dropout, ReLU before
-max-pooling), in NCHW and with glibc's default allocator settings, as the usual code has
-them. It is not used to make the report's numbers.
++ per-sample PIL transforms, fp32, and `loss.item()` after every step. Same model class,
+optimizer, learning-rate schedule and training subset as `train.fit`, but the model runs as
+written (no `speed.accelerate`), in NCHW, with torch's default for-loop optimizer. It is not
+used to make the report's numbers.
 """
 
 from __future__ import annotations
 
-import gzip
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,37 +18,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import paths
-from .data import MD5, MEAN, STD, default_root, raw_dir
-from .errors import LabError
-from .experiments import Experiment
-from .models import create_model
-from .models.layers import use_stock_layers
+from .. import paths
+from ..data import MD5, MEAN, STD, default_root, find_file, raw_dir, read_verified
+from ..errors import LabError
+from ..experiments import Experiment
+from ..files import atomic_path
+from ..models import create_model
+from ..train import make_optimizer
 
 
 def torchvision_root(source: str | Path | None = None) -> Path:
     """A folder torchvision's MNIST can read: it wants `MNIST/raw/<name>` uncompressed.
 
-    The repository carries the files gzipped, so they are decompressed once into a
-    cache under artifacts/ (a fresh clone needs nothing else).
+    The files are verified and decompressed once into a cache under artifacts/.
     """
     source = Path(source) if source is not None else default_root()
     cache = paths.ARTIFACTS / "cache" / "torchvision"
     for name in MD5:
         target = raw_dir(cache) / name
-        if target.is_file():
-            continue
-        plain, packed = raw_dir(source) / name, raw_dir(source) / f"{name}.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        if plain.is_file():
-            shutil.copyfile(plain, partial)
-        elif packed.is_file():
-            with gzip.open(packed, "rb") as reader, open(partial, "wb") as writer:
-                shutil.copyfileobj(reader, writer)
-        else:
-            raise LabError(f"MNIST not found in {raw_dir(source)}: missing {name} (plain or .gz)")
-        partial.replace(target)  # atomic: a killed run leaves no half file under the real name
+        if not target.is_file():
+            if find_file(source, name) is None:
+                raise LabError(f"MNIST not found in {raw_dir(source)}: missing {name} (plain or .gz)")
+            with atomic_path(target) as temporary:  # a killed run leaves no half file under the real name
+                temporary.write_bytes(read_verified(source, name))
     return cache
 
 
@@ -101,11 +90,9 @@ def train(experiment: Experiment, *, seed: int = 0, limit_train: int | None = No
 
     on_epoch_end: called with each epoch's row, as in `train.fit`.
     """
-    from .train import _optimizer
-
     torch.manual_seed(seed)
-    model = use_stock_layers(create_model(experiment.model, **experiment.model_args))
-    optimizer = _optimizer(model, experiment, fused=False)  # the default for-loop optimizer
+    model = create_model(experiment.model, **experiment.model_args)
+    optimizer = make_optimizer(model, experiment)  # torch's default for-loop optimizer
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma)
                  if experiment.lr_step else None)
     data = loader(experiment, limit_train=limit_train, root=root, seed=seed)

@@ -19,12 +19,12 @@ import json
 import subprocess
 from pathlib import Path
 
-from . import paths
-from .data import MD5
+from .. import paths
+from ..data import MD5
 
 # The source files that decide what training produces. Plotting and table code is not
 # here on purpose: changing a figure must never retrain a model.
-TRAINING_SOURCES = ("data.py", "augment.py", "experiments.py", "train.py", "checkpoint.py", "models")
+TRAINING_SOURCES = ("data.py", "augment.py", "experiments.py", "train.py", "checkpoint.py", "models", "speed")
 
 
 def file_hash(path: str | Path) -> str:
@@ -59,10 +59,10 @@ def notebook_code_hash(path: str | Path) -> str:
 
 def data_hashes(root: Path | None = None) -> dict[str, str]:
     """Hash of each MNIST file the loader would read (by content: touching a file changes nothing)."""
-    from .data import _find, default_root
+    from ..data import default_root, find_file
 
     root = root or default_root()
-    found = {name: _find(root, name) for name in MD5}
+    found = {name: find_file(root, name) for name in MD5}
     return {name: file_hash(path) if path else "missing" for name, path in found.items()}
 
 

@@ -1,56 +1,23 @@
 """How fast `train.fit` trains the report's models, against the usual PyTorch loop, on one machine.
 
 For each model, on the same training subset and with the report's recipe, it measures
-images/s of the project trainer (`train.fit`) and of the usual loop (`baseline.train`),
-each in its own process, the two taking turns epoch by epoch (`measure_in_turns`), and
-reports the ratio of each side-by-side pair of epochs (median, min, max).
+images/s of the project trainer (`train.fit`, with `speed.accelerate`) and of the usual loop
+(`baseline.train`: the report's model as written, a DataLoader, NCHW, glibc's default
+allocator), each in its own process, the two taking turns epoch by epoch
+(`measure_in_turns`), and reports the ratio of each side-by-side pair of epochs (median,
+min, max): on a shared machine only ratios taken side by side mean much.
 
-It also counts one training step's FLOPs (forward + backward on a batch of 64, with
-`FlopCounterMode`) to turn images/s into GFLOP/s, next to the machine's measured peak
-(the best of a few 2048×2048 fp32 matmuls on the same threads), and estimates the
-report's full schedule (60,000 images × the experiment's epochs) from the throughput.
-The FLOPs are those the trainer's model executes: for the ViT, whose last block computes
-only the CLS token, 66 MFLOP/image where the usual loop's computes 82.
-
-The usual loop runs the same architecture on torch's stock layers (`use_stock_layers`),
-in NCHW, with glibc's default allocator settings.
-
-Where the time goes (torch.profiler and steady-state step timings, 2-core AMD EPYC, AVX2),
-and what was done about it; the step speed-ups were measured with the whole model's training
-steps taking turns in one process, with and without the change:
-- basic_cnn: ~10 ms steps, so framework overhead is a visible share; convolution backward,
-  max-pooling and the 6272→64 linear layer take most of the rest.
-- cnn: convolutions ~60% (oneDNN, ~50-80 GFLOP/s at these shapes; conv1, from one input
-  channel, runs at ~30). In NCHW oneDNN reorders every activation (channels_last: ~1.35×).
-  ReLU before max-pooling was ~18% of the step; pooling first made the step ~1.1-1.4×
-  faster, keeping freed memory (`memory.py`) ~1.2×. Max-pooling's backward zero-fills the
-  whole input gradient first (~8% of the step); the fused kernel (`cpu_kernels`) writes
-  each element once: ~1.04×, the basic CNN ~1.10×. Affine_grid's batched matmul was ~2%;
-  `augment` writes the rotation grid out.
-- mobilenet: convolutions ~65% (the 1×1 ones near 100 GFLOP/s, like a matmul of the same
-  shape; the depthwise backward ~10), BatchNorm and ReLU ~25%, bound by memory traffic
-  and by page faults on the 12.8 MB maps at 28×28×64, which glibc's defaults hand back to
-  the kernel after every step (~8,500 faults a step; ~2,400 with
-  `memory.keep_freed_memory`, ~1.2× faster). BatchNorm+ReLU as one kernel each way
-  (`cpu_kernels`): 8 passes over a map instead of 13, ~1.06×.
-- vit: matmuls ~55% of the step (~135 GFLOP/s); torch's CPU dropout was ~25% (one serial
-  32-bit draw per element), nn.MultiheadAttention's head split/merge ~7% in copies.
-  `layers.Dropout` and `layers.SelfAttention` took the step from ~680 to ~900 images/s;
-  the last block computing only the CLS token (the only one the head reads) ~1.2×; the
-  compiled dropout (hashed draws, the backward recomputing the mask) ~1.05×.
-Tried and not adopted, measured the same way: torch.compile (inductor, CPU) made the steps
-slower, not faster (ViT 620 vs 890 images/s, MobileNet 364 vs 708, after 8-60 s of
-compiling; GELU+dropout alone 8.0 vs 5.4 ms); OMP_WAIT_POLICY=ACTIVE made no difference
-and PASSIVE was slower; 1×1 convolutions as `F.linear` on the NHWC view, a hand-written
-depthwise backward, and the backward's two gradients asked for in separate calls were
-within noise of oneDNN's; 3×3 convolutions as one im2col matmul (the CNN's conv2, forward
-and backward: 20 vs 13 ms) and a C kernel for conv1 (2.0-2.6 vs 1.6-2.0 ms) were slower;
-flushing denormals to zero changed nothing.
+It also counts one training step's FLOPs to turn images/s into GFLOP/s, next to the
+machine's measured peak (the best of a few 2048×2048 fp32 matmuls on the same threads),
+and estimates the report's full schedule from the throughput. Results and their history:
+docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import multiprocessing
 import platform
 import statistics
@@ -58,45 +25,23 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from . import baseline, paths
-from .data import Mnist, load_mnist
-from .errors import LabError
-from .experiments import Experiment, get_experiment
-from .files import write_json
-from .models import create_model
+from . import baseline
+
+from .. import paths
+from ..data import Mnist, load_mnist
+from ..errors import LabError
+from ..experiments import Experiment, get_experiment
+from ..files import write_json
+from ..models import create_model
+from ..results.compare import flops_per_image
+from ..speed import accelerate, memory
 
 MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")  # each trained with the experiment of the same name
 SIDES = ("trainer", "baseline")
 WARMUP_EPOCHS = 2  # per side, not timed: after only one, the next epoch was seen ~25% slower
 FULL_TRAIN_SIZE = 60_000  # images per epoch in the report's schedule
-FLOP_BATCH = 64
-
-
-def flops_per_image(experiment: Experiment) -> float:
-    """FLOPs of one training step (forward + backward) per image, counted on a batch of 64."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = create_model(experiment.model, **experiment.model_args).train()
-    images = torch.randn(FLOP_BATCH, 1, 28, 28)
-    labels = torch.randint(0, 10, (FLOP_BATCH,))
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}) as counter:
-        F.cross_entropy(model(images), labels).backward()
-    return counter.get_total_flops() / FLOP_BATCH
-
-
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None, **_) -> int:
-    """Each of the gradients (input, weight) costs what the forward convolution costs.
-
-    torch's own formula ignores `groups` in the backward pass: it counts a depthwise
-    convolution's backward ~C times too high (MobileNet: 230 instead of ~70 MFLOP/image).
-    """
-    from torch.utils.flop_counter import conv_flop_count
-
-    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+EVAL_IMAGES = 64  # the benchmark times training; evaluation only has to run
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -115,9 +60,9 @@ def measure_in_turns(experiment: Experiment, images: int, rounds: int, *, device
                      root: str | Path | None = None) -> tuple[list[float], list[float]]:
     """Images/s of the trainer and of the usual loop, epoch by epoch, the two taking turns.
 
-    Each side trains in a fresh process of its own, so neither inherits the other's state
-    (the trainer's allocator setting, `memory.keep_freed_memory`, lasts for the life of a
-    process). After warm-up epochs (allocator, oneDNN primitive caches), they train
+    Each side trains in a fresh process of its own, so neither inherits the other's state:
+    the trainer's side keeps freed memory (`speed.memory`), the usual loop's starts with
+    glibc's defaults. After warm-up epochs (allocator, oneDNN primitive caches), they train
     one epoch at a time in turns, trainer-baseline then baseline-trainer: the two epochs of
     a round run back to back on the same machine load, which on a shared machine drifts
     by more than the effects measured. While one side trains the other waits, idle; no
@@ -130,7 +75,8 @@ def measure_in_turns(experiment: Experiment, images: int, rounds: int, *, device
         ours, theirs = context.Pipe()
         worker = context.Process(target=_serve, args=(side, experiment.replace(epochs=WARMUP_EPOCHS + rounds),
                                                       images, device, root, theirs), daemon=True)
-        worker.start()
+        with _environment_without(memory.ENVIRONMENT):  # glibc reads them when the worker starts
+            worker.start()
         theirs.close()  # so that a worker's death shows here as EOFError, not a hang
         connections[side] = ours
         workers.append(worker)
@@ -168,12 +114,22 @@ def _serve(side: str, experiment: Experiment, images: int, device: str, root, co
         connection.recv()  # "go" for another epoch, or "done" after the last
 
     if side == "trainer":
-        from .train import fit
+        from ..train import fit
 
+        memory.keep_freed_memory()
         fit(experiment, data=load_mnist(root), device=device, precision="fp32", limit_train=images,
-            limit_test=FLOP_BATCH, progress=False, on_epoch_end=take_turns)
+            limit_test=EVAL_IMAGES, progress=False, on_epoch_end=take_turns)
     else:
         baseline.train(experiment, limit_train=images, root=root, on_epoch_end=take_turns)
+
+
+@contextlib.contextmanager
+def _environment_without(names):
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _summary(values: list[float]) -> dict:
@@ -209,7 +165,8 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 
 
     results = {}
     for name, experiment in experiments.items():
-        flops = flops_per_image(experiment)
+        trained_model = accelerate(create_model(experiment.model, **experiment.model_args), torch.device(device))
+        flops = flops_per_image(trained_model, training_step=True)
         speedups = [t / b for t, b in zip(trainer[name], reference[name])]
         trainer_median = statistics.median(trainer[name])
         baseline_median = statistics.median(reference[name])
@@ -240,7 +197,7 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 
     if full_schedule:
         for key in ("measured_train_seconds", "measured_seconds"):
             total[key] = sum(r["schedule"][key] for r in results.values())
-    from .device import environment
+    from ..device import environment
 
     report = {
         "machine": {**environment(torch.device(device)), "cpu": _cpu_name(), "cores": _cores()},
@@ -248,7 +205,7 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 
                      "timed": f"training epochs after {WARMUP_EPOCHS} warm-up epochs, each loop in its own "
                               "process, the two taking turns epoch by epoch",
                      "baseline": "torchvision MNIST + DataLoader(64, shuffle, num_workers=0) + PIL transforms, "
-                                 "loss.item() per step; torch's stock layers, NCHW, glibc's default allocator"},
+                                 "loss.item() per step; the model as written, NCHW, glibc's default allocator"},
         "peak_gflops_per_second": peak,
         "peak_gflops_per_second_values": peaks,
         "models": results,
@@ -259,8 +216,6 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 
 
 
 def _cores() -> int | None:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -269,7 +224,7 @@ def _cores() -> int | None:
 
 def _full_schedule(experiment: Experiment, data: Mnist, device: str) -> dict:
     """Train the report's whole schedule once with the project trainer; seconds as measured."""
-    from .train import fit
+    from ..train import fit
 
     result = fit(experiment, data=data, device=device, precision="fp32", progress=False)
     return {"measured_train_seconds": float(result.history["train_seconds"].sum()),

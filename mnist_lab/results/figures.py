@@ -14,7 +14,7 @@ import seaborn as sns
 import torch
 
 from .reference import REPORT_TABLES
-from .runs import Run
+from ..runs import Run
 from .tables import by_epoch
 
 DIGIT_CMAP = "gray_r"  # dark ink on white paper, as digits print best

@@ -7,11 +7,11 @@ frees the same activations and gradients every time (MobileNet's 28×28×64 maps
 12.8 MB each), so glibc's defaults cost thousands of page faults per step. Raising the
 two thresholds makes freed blocks stay in the heap for the next step to reuse.
 
-Measured on 2 cores (steady-state steps, fp32, batch 64, one side-by-side run each):
-MobileNet's page faults per step fell from ~8,500 to ~2,400 and its step got ~1.2×
-faster; the CNN ~1.2×, the basic CNN ~1.7×; the ViT, whose tensors are small, did not
-change. The cost is that the process keeps its peak memory (a few hundred MB here) until
-it exits.
+It is a setting of the whole process, so the project applies it only to processes it
+starts itself: `mnist-lab` calls `keep_freed_memory()` once at start-up, and puts the same
+thresholds in the environment (`ENVIRONMENT`, which glibc reads when a process starts) for
+the notebook kernels and benchmark workers it launches. The cost is that a process keeps
+its peak memory (a few hundred MB here) until it exits. Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts; bigger blocks are still mapped
 TRIM_THRESHOLD = 1 << 30  # return free heap memory to the kernel only past 1 GiB
+# The same two settings as environment variables, for child processes (mallopt(3)).
+ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
 def keep_freed_memory() -> bool:

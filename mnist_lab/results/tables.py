@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .runs import Run
+from ..runs import Run
 
 
 def by_epoch(runs: list[Run], column: str) -> pd.DataFrame:
