@@ -1,4 +1,5 @@
-"""`mnist-lab`: the command line. Every user error is one line on stderr and a non-zero exit."""
+"""`mnist-lab`: the command line. Every user error is one line on stderr and a non-zero exit;
+Ctrl-C anywhere, start-up included, is one line and exit 130."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import sys
 from pathlib import Path
 
 from . import paths
-from .bench import benchmark
-from .device import DEVICES
 from .errors import LabError
-from .experiments import EXPERIMENTS
-from .profiles import PROFILES
+
+# The choices the parser offers, kept here rather than imported: importing the modules that
+# define them loads torch (seconds), and `--help` or a typo should answer at once.
+# tests/test_cli.py checks they match the registries.
+EXPERIMENT_NAMES = ("basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit")
+PROFILE_NAMES = ("full", "smoke")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BENCH_MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")
+INTERRUPTED = "mnist-lab: interrupted; previous artifacts intact"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,13 +44,22 @@ def _integer_at_least(minimum: int):
 _positive_int, _non_negative_int = _integer_at_least(1), _integer_at_least(0)
 
 
+class _Distinct(argparse.Action):
+    """A list option whose values must not repeat (`--seeds 0 0` would train one run twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(set(values)) != len(values):
+            parser.error(f"{option_string}: each value once, got {' '.join(map(str, values))}")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnist-lab", description="Regenerate the INT305 MNIST report's models, tables and figures.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train one experiment and write its run directory")
-    train.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
-                       help=f"one of: {', '.join(EXPERIMENTS)}")
+    train.add_argument("experiment", choices=EXPERIMENT_NAMES, metavar="EXPERIMENT",
+                       help=f"one of: {', '.join(EXPERIMENT_NAMES)}")
     train.add_argument("--epochs", type=_positive_int, help="override the report's number of epochs")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
     train.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
@@ -63,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
     run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all, in order)")
-    run.add_argument("--profile", choices=list(PROFILES), default="full",
+    run.add_argument("--profile", choices=PROFILE_NAMES, default="full",
                      help="full: the report's schedule on all of MNIST; smoke: small subsets, minutes on a CPU")
     run.add_argument("--device", choices=DEVICES, help="passed to the notebooks that train (their default: auto)")
-    run.add_argument("--seeds", type=_non_negative_int, nargs="+", help="train each experiment once per seed")
+    run.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct,
+                     help="train each experiment once per seed")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
     run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
@@ -74,21 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="list each notebook's artifacts as fresh or stale, and why")
     status.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all)")
-    status.add_argument("--profile", choices=list(PROFILES), default="full", help="whose artifacts")
+    status.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
     status.add_argument("--device", choices=DEVICES, help="as for `run`: a change of parameter makes a notebook stale")
-    status.add_argument("--seeds", type=_non_negative_int, nargs="+", help="as for `run`")
+    status.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct, help="as for `run`")
     status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="as for `run`")
 
     report = commands.add_parser("report", help="build the LaTeX report from a profile's artifacts into a PDF")
-    report.add_argument("--profile", choices=list(PROFILES), default="full",
+    report.add_argument("--profile", choices=PROFILE_NAMES, default="full",
                         help="whose artifacts: artifacts/PROFILE/ (run `mnist-lab run --profile PROFILE` first)")
     report.add_argument("--force", action="store_true", help="rebuild the PDF even if latexmk finds it up to date")
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
     report.add_argument("--allow-stale", action="store_true",
                         help="build from stale artifacts anyway; the title page says what is stale")
     bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
-    bench.add_argument("--models", nargs="+", choices=benchmark.MODELS, metavar="MODEL", default=list(benchmark.MODELS),
+    bench.add_argument("--models", nargs="+", choices=BENCH_MODELS, metavar="MODEL", default=list(BENCH_MODELS),
                            help="which models (default: all four)")
     bench.add_argument("--images", type=_positive_int, default=1024, help="training subset size, one epoch (default 1024)")
     bench.add_argument("--repeats", type=_positive_int, default=8,
@@ -152,14 +168,15 @@ def _report(args) -> None:
 def _train(args) -> None:
     from .data import load_mnist
     from .experiments import get_experiment
-    from .runs import save_run
+    from .runs import check_replaceable, save_run
     from .train import fit
 
     experiment = get_experiment(args.experiment)
     if args.epochs:
         experiment = experiment.replace(epochs=args.epochs)
+    out = (args.out or paths.ARTIFACTS / "runs" / f"{experiment.name}-seed{args.seed}").resolve()
+    check_replaceable(out)  # before training, not after: never the user's own files
     data = load_mnist(args.data_root, download=args.download)
-    out = args.out or paths.ARTIFACTS / "runs" / f"{experiment.name}-seed{args.seed}"
     # Saved after every epoch: running the same command again after an interruption resumes.
     checkpoint = out.parent / f".{out.name}.checkpoint.pt"
     if checkpoint.exists():
@@ -176,6 +193,8 @@ def _train(args) -> None:
 
 
 def _bench(args) -> None:
+    from .bench import benchmark
+
     report = benchmark.run(tuple(args.models), images=args.images, repeats=args.repeats,
                        full_schedule=args.full_schedule, root=args.data_root, out=args.out)
     print(benchmark.table(report))
@@ -188,21 +207,29 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a folder that cannot be written, a disk full: the system's own words
+        print(f"mnist-lab: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("mnist-lab: interrupted; artifacts already written are intact", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     return 0
 
 
 def entry_point() -> None:
     """The `mnist-lab` command: a process of the project's own, so process-wide settings go here, once."""
-    import os
+    try:
+        import os
 
-    from .speed import memory
+        from .speed import memory
 
-    memory.keep_freed_memory()  # this process trains on the CPU (train, bench's own runs)
-    os.environ.update(memory.ENVIRONMENT)  # and so do the notebook kernels it starts
-    sys.exit(main())
+        memory.keep_freed_memory()  # this process trains on the CPU (train, bench's own runs)
+        os.environ.update(memory.ENVIRONMENT)  # and so do the notebook kernels it starts
+        code = main()
+    except KeyboardInterrupt:  # during start-up (importing torch), before main's own handler
+        print(INTERRUPTED, file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class Split:
             return self
         if n <= 0:
             raise LabError(f"a subset size must be positive, got {n}")
+        if n > len(self):
+            raise LabError(f"a subset of {n:,} images was asked for, but there are only {len(self):,}")
         return Split(self.images[:n], self.labels[:n])
 
     def to(self, device: torch.device) -> Split:

@@ -15,6 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | Path):
     """Yield a temporary path to write; on success it replaces `target`, on failure it is removed."""
@@ -22,6 +28,7 @@ def atomic_path(target: str | Path):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp" + target.suffix)
     os.close(fd)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the file gets what a new file would
     try:
         yield Path(temporary)
         os.replace(temporary, target)
@@ -45,6 +52,7 @@ def atomic_dir(target: str | Path):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
         if target.exists():

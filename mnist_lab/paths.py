@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"  # the MNIST files the repository carries (gzipped)
-NOTEBOOKS = ROOT / "notebooks"
+NOTEBOOKS = Path(os.environ.get("MNIST_LAB_NOTEBOOKS") or ROOT / "notebooks")  # tests point it at their own
 REPORT = ROOT / "report"
 # Everything a run generates; never committed. Tests point it elsewhere through the
 # environment, which the notebook kernels that papermill starts inherit.

@@ -29,6 +29,17 @@ PROFILES = {
 }
 
 
+def check_seeds(seeds) -> list[int]:
+    """Seeds are a non-empty list of distinct non-negative integers (each trains one run)."""
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        raise LabError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise LabError(f"seeds must be distinct, got {list(seeds)!r}")
+    return list(seeds)
+
+
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise LabError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")

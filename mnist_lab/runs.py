@@ -5,7 +5,8 @@
     <run>/metrics.json      the final numbers the report quotes
     <run>/predictions.csv   test-set label and predicted class, for confusion matrices
     <run>/environment.json  torch and CUDA versions, device, threads
-    <run>/provenance.json   training-code hash, data checksums, git commit, wall time
+    <run>/provenance.json   what made it (`build.provenance.run_record`): inputs, code and data
+                            hashes, fingerprint; git commit, wall time
     <run>/model.pt          the trained weights (state_dict)
 """
 
@@ -18,17 +19,60 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import MD5
+from .build import provenance
+from .errors import LabError
+from .experiments import Experiment
 from .files import atomic_dir, write_json
-from .build.provenance import git_state, source_hash
-from .train import RunResult
+from .train import RunResult, resolve_precision
+
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "provenance.json",
+             "model.pt")
+
+
+def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
+                    limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
+                    fast: bool = True) -> dict:
+    """What a run of these settings depends on, and its fingerprint: the cache key of a run."""
+    device_type = torch.device(device).type
+    return provenance.run_record(experiment=experiment.to_dict(), seed=seed, device=device_type,
+                                 precision=resolve_precision(precision, device_type), limit_train=limit_train,
+                                 limit_test=limit_test, deterministic=deterministic, fast=fast)
+
+
+def result_record(result: RunResult) -> dict:
+    settings = result.settings
+    return training_record(result.experiment, result.seed, device=settings["device"],
+                           precision=settings["precision"], limit_train=settings["limit_train"],
+                           limit_test=settings["limit_test"], deterministic=settings["deterministic"],
+                           fast=settings["fast"])
+
+
+def is_run_directory(directory: Path) -> bool:
+    return directory.is_dir() and all((directory / name).is_file() for name in ("config.json", "provenance.json"))
+
+
+def check_replaceable(directory: str | Path) -> None:
+    """`save_run` may write `directory`: absent, empty, or an earlier run directory; never the user's files."""
+    directory = Path(directory)
+    if directory.is_file() or (directory.exists() and not directory.is_dir()):
+        raise LabError(f"{directory} is a file, not a run directory; choose a new folder for the run")
+    if directory.is_dir() and any(directory.iterdir()) and not is_run_directory(directory):
+        raise LabError(f"{directory} holds files that are not a training run; choose a new or empty folder")
+    for parent in directory.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LabError(f"{directory} cannot be created: {parent} is a file")
+            break
 
 
 def save_run(result: RunResult, directory: str | Path) -> Path:
     """Write `result` to `directory` as a whole: an interrupted save leaves the previous run intact."""
     directory = Path(directory)
+    check_replaceable(directory)
+    record = result_record(result)
     with atomic_dir(directory) as staging:
-        config = {"experiment": result.experiment.to_dict(), "seed": result.seed, **result.settings}
+        config = {"experiment": result.experiment.to_dict(), "seed": result.seed, **result.settings,
+                  "fingerprint": record["fingerprint"]}
         write_json(staging / "config.json", config)
         result.history.to_csv(staging / "history.csv", index=False)
         write_json(staging / "metrics.json", result.metrics)
@@ -37,8 +81,7 @@ def save_run(result: RunResult, directory: str | Path) -> Path:
         )
         write_json(staging / "environment.json", result.environment)
         write_json(staging / "provenance.json", {
-            "fingerprint": result.settings.get("fingerprint"), "training_code": source_hash(), "data": MD5,
-            "git": git_state(), "wall_seconds": round(float(result.history["seconds"].sum()), 2),
+            **record, "git": provenance.git_state(), "wall_seconds": round(float(result.history["seconds"].sum()), 2),
         })
         torch.save(result.model.state_dict(), staging / "model.pt")
     return directory

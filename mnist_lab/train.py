@@ -95,11 +95,8 @@ def fit(
     on_epoch_end: called with each epoch's history row once the epoch is done and saved
     (the benchmark uses it to take turns with the usual loop between epochs).
     """
-    if precision not in PRECISIONS:
-        raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     target = resolve_device(device)
-    if precision == "auto":
-        precision = "bf16" if target.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, target.type)
     data = data or load_mnist()
     train_set = data.train.head(limit_train).to(target)
     test_set = data.test.head(limit_test).to(target)
@@ -156,6 +153,15 @@ def fit(
         _, _, predictions = evaluate(trained, test_set, autocast, layout)
     return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
                      model, environment(target))
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """`auto` is bf16 on CUDA and fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
 
 
 def _use_deterministic_kernels() -> None:

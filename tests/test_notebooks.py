@@ -114,8 +114,8 @@ def test_a_failing_cell_is_reported_and_its_notebook_kept(tmp_path, monkeypatch)
     monkeypatch.setattr(paths, "ARTIFACTS", tmp_path / "artifacts")
     with pytest.raises(LabError, match=r"notebook broken failed in cell \[4\] \(raise ValueError\('the data went missing'\)\) "
                                        r"with ValueError: the data went missing; "
-                                       r"the executed notebook is kept at .*broken.ipynb"):
+                                       r"previous artifacts intact; the failed run is kept at .*broken.failed.ipynb"):
         notebooks.execute("broken", profile="smoke", progress=False)
-    kept = nbformat.read(tmp_path / "artifacts" / "smoke" / "notebooks" / "broken.ipynb", as_version=4)
+    kept = nbformat.read(tmp_path / "artifacts" / "smoke" / "notebooks" / "broken.failed.ipynb", as_version=4)
     errors = [o for cell in kept.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     assert [e.ename for e in errors] == ["ValueError"]

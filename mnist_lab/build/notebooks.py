@@ -1,19 +1,34 @@
-"""Executing the workbook's notebooks with papermill: strict parameters, kept logs, one-screen failures."""
+"""Executing the workbook's notebooks with papermill: strict parameters, kept logs, one-screen failures.
+
+A notebook's outputs are committed whole or not at all. The kernel writes its figures,
+tables and macros into a staging folder (artifacts/<profile>/.staging/<notebook>/); only when
+every cell has run does the runner move them, the executed notebook and the provenance record
+into place, with Ctrl-C held off for those few renames. A failed or interrupted run leaves the
+previous set as it was; a failed one keeps its executed notebook as notebooks/<name>.failed.ipynb,
+the log of what went wrong.
+"""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
+import signal
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import paths
-
-from . import provenance
 from ..errors import LabError
-from ..files import atomic_path, write_json
-from ..profiles import get_profile
+from ..files import write_json
+from ..profiles import check_seeds, get_profile
+from . import provenance
+from .lock import profile_lock
+
+STAGING_VARIABLE = "MNIST_LAB_STAGING"  # tells the kernel's Workbook where to stage its outputs
+SESSION_FILE = "session.json"  # written by the Workbook in the staging folder: the runs and modules it used
 
 
 def available() -> list[str]:
@@ -25,7 +40,12 @@ def declared_parameters(name: str) -> dict:
     """The literal defaults of the notebook's `parameters` cell."""
     import papermill
 
-    declared = papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{name}.ipynb"))
+    path = paths.NOTEBOOKS / f"{name}.ipynb"
+    cells = provenance.read_notebook(path).get("cells", [])  # a clear error for a file that is not JSON
+    if not any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in cells):
+        raise LabError(f"notebook {name} has no cell tagged 'parameters', so it cannot be run with parameters; "
+                       "tag its first code cell 'parameters'")
+    declared = papermill.inspect_notebook(str(path))
     return {key: ast.literal_eval(info["default"]) for key, info in declared.items()}
 
 
@@ -40,6 +60,8 @@ def check_parameters(name: str, parameters: dict) -> None:
                 f"notebook {name}: parameter {key!r} must be {type(declared[key]).__name__} "
                 f"like {declared[key]!r}, got {value!r}"
             )
+    if "seeds" in parameters:
+        check_seeds(parameters["seeds"])
 
 
 def _same_shape(value, default) -> bool:
@@ -64,6 +86,9 @@ def effective_parameters(name: str, profile: str, parameters: dict | None = None
     """
     _check_name(name)
     get_profile(profile)
+    if "profile" in (parameters or {}) and parameters["profile"] != profile:
+        raise LabError(f"-p profile {parameters['profile']!r} disagrees with --profile {profile!r}; "
+                       f"use --profile {parameters['profile']} alone")
     declared = declared_parameters(name)
     given = {"profile": profile, **{k: v for k, v in (shared or {}).items() if k in declared}, **(parameters or {})}
     check_parameters(name, given)
@@ -96,50 +121,104 @@ def stale_as_run(name: str, profile: str) -> list[str]:
     )
 
 
+def staging_dir(name: str, profile: str) -> Path:
+    return paths.profile_dir(profile) / ".staging" / name
+
+
+def failed_path(name: str, profile: str) -> Path:
+    return executed_path(name, profile).with_suffix(".failed.ipynb")
+
+
 def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
             progress: bool = True) -> Path:
-    """Run one notebook headlessly and write its provenance record.
-
-    The executed copy is kept, also when a cell fails: it is the log.
-    """
+    """Run one notebook headlessly; commit its outputs, executed copy and provenance record together."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from .kernel import LoggedKernelManager
 
     effective = effective_parameters(name, profile, parameters, shared)
     source = paths.NOTEBOOKS / f"{name}.ipynb"
     inputs = {"notebook": name, "profile": profile, "parameters": effective,
               "notebook_hash": provenance.notebook_code_hash(source), "data": provenance.data_hashes(),
               "git": provenance.git_state(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    session = provenance.session_path(profile, name)
-    session.unlink(missing_ok=True)
-    output = executed_path(name, profile)
+    staging = staging_dir(name, profile)
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left: ours, and never committed
+    staging.mkdir(parents=True)
+    executed = staging / "notebooks" / f"{name}.ipynb"
+    executed.parent.mkdir()
+    LoggedKernelManager.log_path = staging / "kernel.log"
     start = time.perf_counter()
-    with atomic_path(output) as temporary:  # the previous executed copy stays until this one is done
-        try:
-            papermill.execute_notebook(
-                str(source), str(temporary), parameters=effective, cwd=str(paths.NOTEBOOKS),
-                kernel_name="python3", progress_bar=progress,
-            )
-        except PapermillExecutionError as error:
-            temporary.replace(output)  # the failed notebook is the log: keep it
-            first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
-            raise LabError(
-                f"notebook {name} failed in cell [{error.exec_count}] ({first_line}) with {error.ename}: "
-                f"{error.evalue.strip()}; the executed notebook is kept at {output}"
-            ) from None
-        except Exception as error:  # the kernel died (out of memory, killed) or would not start
-            if temporary.stat().st_size:
-                temporary.replace(output)
-            raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
-                           f"what ran is kept at {output}") from None
-    _write_record(name, profile, inputs, session, wall_seconds=time.perf_counter() - start)
-    return output
+    try:
+        with _environment(STAGING_VARIABLE, str(staging)):  # the kernel inherits it
+            papermill.execute_notebook(str(source), str(executed), parameters=effective, cwd=str(paths.NOTEBOOKS),
+                                       kernel_name="python3", progress_bar=progress,
+                                       kernel_manager_class="mnist_lab.build.kernel.LoggedKernelManager")
+    except PapermillExecutionError as error:
+        log = _keep_failed(name, profile, executed)
+        first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
+        raise LabError(
+            f"notebook {name} failed in cell [{error.exec_count}] ({first_line}) with {error.ename}: "
+            f"{error.evalue.strip()}; previous artifacts intact; the failed run is kept at {log}"
+        ) from None
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as error:  # the kernel died (out of memory, killed) or would not start
+        log = _keep_failed(name, profile, executed)
+        raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
+                       f"previous artifacts intact{f'; what ran is kept at {log}' if log else ''}") from None
+    _commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    return executed_path(name, profile)
 
 
-def _write_record(name: str, profile: str, inputs: dict, session: Path, wall_seconds: float) -> None:
-    used = json.loads(session.read_text()) if session.exists() else {"outputs": [], "runs": {}, "modules": []}
+@contextmanager
+def _environment(name: str, value: str):
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _keep_failed(name: str, profile: str, executed: Path) -> Path | None:
+    """Keep a failed run's executed notebook as the log; drop the rest of its staging folder."""
+    log = None
+    if executed.is_file() and executed.stat().st_size:
+        log = failed_path(name, profile)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(executed, log)
+    kernel_log = staging_dir(name, profile) / "kernel.log"
+    if kernel_log.is_file():
+        os.replace(kernel_log, failed_path(name, profile).with_suffix(".kernel.log"))
+    shutil.rmtree(staging_dir(name, profile), ignore_errors=True)
+    return log
+
+
+@contextmanager
+def _no_interruption():
+    """Hold Ctrl-C (SIGINT) and SIGTERM off while the outputs are moved into place; they arrive after."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: float) -> None:
+    """Move the staged outputs into the profile folder and write the provenance record last."""
     directory = paths.profile_dir(profile)
-    outputs = [*used["outputs"], str(executed_path(name, profile).relative_to(directory))]
+    session_file = staging / SESSION_FILE
+    used = json.loads(session_file.read_text()) if session_file.exists() else {"runs": {}, "modules": []}
+    session_file.unlink(missing_ok=True)
+    (staging / "kernel.log").unlink(missing_ok=True)
+    staged = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    previous = provenance.read_record(profile, name) or {"outputs": {}}
     record = {
         **inputs,
         "wall_seconds": round(wall_seconds, 1),
@@ -147,10 +226,18 @@ def _write_record(name: str, profile: str, inputs: dict, session: Path, wall_sec
         "environment": used.get("environment"),
         "sources": {module: provenance.file_hash(paths.ROOT / module) for module in used["modules"]},
         "runs": used["runs"],
-        "outputs": {relative: provenance.file_hash(directory / relative) for relative in sorted(outputs)},
+        "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
     }
-    write_json(provenance.record_path(profile, name), record)
-    session.unlink(missing_ok=True)
+    with _no_interruption():
+        for relative in staged:
+            (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, directory / relative)
+        for relative in set(previous["outputs"]) - set(record["outputs"]):  # made by the previous run, not this one
+            (directory / relative).unlink(missing_ok=True)
+        write_json(provenance.record_path(profile, name), record)
+        failed_path(name, profile).unlink(missing_ok=True)
+        failed_path(name, profile).with_suffix(".kernel.log").unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_name(name: str) -> None:
@@ -165,8 +252,19 @@ def execute_all(names: list[str] | None, *, profile: str, parameters: dict | Non
     Returns the names of the notebooks that ran.
     """
     names = names or available()
-    # Check every name and parameter before spending minutes on the first notebook.
+    # Check every name, parameter and the data before spending minutes on the first notebook.
     reasons = {name: status(name, profile, parameters, shared) for name in names}
+    to_run = [name for name in names if force or reasons[name]]
+    if to_run:
+        from ..data import load_mnist
+
+        load_mnist()  # verified once here: a corrupt file is one line now, not a failed cell later
+    with profile_lock(profile, f"run ({', '.join(to_run) or 'nothing stale'})"):
+        return _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
+                                 force=force, progress=progress)
+
+
+def _execute_in_order(names, reasons, *, profile, parameters, shared, force, progress) -> list[str]:
     ran = []
     for index, name in enumerate(names, 1):
         if not force and not reasons[name]:

@@ -1,19 +1,25 @@
 """Provenance: what each artifact was made from, and whether it still matches its inputs.
 
-Two kinds of record:
+The one place that says what an artifact depends on; the training cache, `mnist-lab status`,
+`mnist-lab run` and the report's stale check all ask it.
 
-* a training run's *fingerprint* (in its config.json): the recipe, seed and settings, the
-  training code and the data. A cached run is reused only while it matches, so changing a
-  plot never retrains a model and changing a hyperparameter retrains exactly that model;
-* a notebook's *record* (artifacts/<profile>/provenance/<notebook>.json), written by the
-  runner after a successful execution: its parameters, the hash of its code cells, the hash
-  of each package file it imported, the data, the environment, the git commit, the wall
-  time, and a hash of every artifact it wrote. `staleness` compares a record with the
-  present and says what changed.
+* A training run's *record* (its provenance.json): the recipe, seed and settings, the hash
+  of every file of the training code, and the data. Its fingerprint is the hash of that
+  record; a cached run is reused only while a fresh record has the same fingerprint, so
+  changing a plot never retrains a model and changing a hyperparameter retrains exactly
+  that model. The training code is derived from the package, not listed by hand: the
+  modules `train.py` imports, transitively, and every file of a subpackage among them.
+* A notebook's *record* (artifacts/<profile>/provenance/<notebook>.json), written when a
+  run of the notebook is committed: its parameters, the hash of its code cells, of each
+  package file it imported and of every artifact it wrote, the fingerprints of the training
+  runs it used, the data, the environment, the git commit and the wall time. `staleness`
+  compares a record with the present, recomputing what the runs it used depend on, and
+  says what changed.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -21,39 +27,134 @@ from pathlib import Path
 
 from .. import paths
 from ..data import MD5
+from ..errors import LabError
 
-# The source files that decide what training produces. Plotting and table code is not
-# here on purpose: changing a figure must never retrain a model.
-TRAINING_SOURCES = ("data.py", "augment.py", "experiments.py", "train.py", "checkpoint.py", "models", "speed")
+TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code
 
 
 def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def source_hash(names=TRAINING_SOURCES) -> str:
-    """SHA-256 over the named files (folders: every .py and .c file in them) of the package."""
-    digest = hashlib.sha256()
-    package = paths.ROOT / "mnist_lab"
-    for name in names:
-        target = package / name
-        files = sorted([*target.rglob("*.py"), *target.rglob("*.c")]) if target.is_dir() else [target]
-        for path in files:
-            digest.update(str(path.relative_to(package)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+def _relative(path: Path) -> str:
+    return str(path.relative_to(paths.ROOT))
 
 
-def fingerprint(**inputs) -> str:
-    """Hash of a training run's inputs: the recipe and settings given, the training code and the data."""
-    record = {"inputs": inputs, "code": source_hash(), "data": MD5}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+# ---- what training depends on -------------------------------------------------------------
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    base = paths.ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The mnist_lab modules a source file imports, anywhere in it (function-level imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x` names modules
+    return {name for name in found if name.split(".")[0] == "mnist_lab" and _module_file(name)}
+
+
+def training_sources() -> list[Path]:
+    """Every file of the package that training reads: the closure of `train.py`'s imports, and
+    each subpackage among them whole (whatever its files' types), so nothing is kept by hand."""
+    seen, queue = set(), [TRAINING_ENTRY]
+    while queue:
+        module = queue.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parent = module.rpartition(".")[0]
+        if parent and parent != "mnist_lab":
+            queue.append(parent)  # importing a.b.c runs a/b/__init__.py
+        queue.extend(_imports(_module_file(module), module) - seen)
+    files = set()
+    for module in seen:
+        path = _module_file(module)
+        if path.name == "__init__.py" and module != "mnist_lab":
+            files.update(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        else:
+            files.add(path)
+    return sorted(files)
+
+
+def code_hashes() -> dict[str, str]:
+    return {_relative(path): file_hash(path) for path in training_sources()}
+
+
+def run_record(**inputs) -> dict:
+    """What a training run depends on: the inputs given (recipe, seed, subset, device, ...),
+    the training code and the data; with its fingerprint, the hash of the rest."""
+    record = {"inputs": json.loads(json.dumps(inputs, sort_keys=True, default=str)), "code": code_hashes(),
+              "data": MD5}
+    record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return record
+
+
+def read_run_record(run_directory: Path) -> dict | None:
+    path = Path(run_directory) / "provenance.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if "fingerprint" in record and "inputs" in record else None
+
+
+def run_staleness(run_directory: Path, fingerprint: str | None = None) -> list[str]:
+    """Why the run in `run_directory` would be trained again now (empty: it is still valid).
+
+    With `fingerprint`, the run must also be the one of that fingerprint (the one a notebook used).
+    """
+    name = _relative_to_profile(run_directory)
+    record = read_run_record(run_directory)
+    if record is None:
+        return [f"{name} is missing"]
+    if fingerprint is not None and record["fingerprint"] != fingerprint:
+        return [f"{name} was retrained"]
+    now = run_record(**record["inputs"])
+    if now["fingerprint"] == record["fingerprint"]:
+        return []
+    changed = sorted(path for path in {*record["code"], *now["code"]}
+                     if record["code"].get(path) != now["code"].get(path))
+    reasons = [f"{path} changed (training code of {name})" for path in changed]
+    if now["data"] != record["data"]:
+        reasons.append(f"MNIST data changed ({name})")
+    return reasons or [f"{name}'s inputs changed"]
+
+
+def _relative_to_profile(run_directory: Path) -> str:
+    parts = Path(run_directory).parts
+    return "/".join(parts[parts.index("runs"):]) if "runs" in parts else str(run_directory)
+
+
+# ---- notebooks --------------------------------------------------------------------------------
+
+
+def read_notebook(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise LabError(f"{path} is not a valid notebook (not JSON: {error})") from None
 
 
 def notebook_code_hash(path: str | Path) -> str:
     """Hash of a notebook's code cells only: outputs, metadata and prose do not change results."""
-    notebook = json.loads(Path(path).read_text())
-    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    cells = read_notebook(path).get("cells", [])
+    code = ["".join(cell["source"]) for cell in cells if cell.get("cell_type") == "code"]
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
 
@@ -84,12 +185,10 @@ def record_path(profile: str, notebook: str) -> Path:
 def read_record(profile: str, notebook: str) -> dict | None:
     """The notebook's last provenance record, or None if it never ran through the runner."""
     path = record_path(profile, notebook)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def session_path(profile: str, notebook: str) -> Path:
-    """What the notebook's Workbook reports while it runs: its outputs, runs and imported modules."""
-    return paths.profile_dir(profile) / "provenance" / f"{notebook}.session.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except ValueError:
+        return None  # a record cut short by hand: as if never run
 
 
 def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, profile_dir: Path) -> list[str]:
@@ -111,10 +210,8 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
     for key, value in parameters.items():
         if record["parameters"].get(key) != value:
             reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} -> {value!r})")
-    for relative, key in record["runs"].items():
-        config = profile_dir / relative / "config.json"
-        if not config.exists() or json.loads(config.read_text()).get("fingerprint") != key:
-            reasons.append(f"{relative} was retrained or removed")
+    for relative, fingerprint in record["runs"].items():
+        reasons += [reason for reason in run_staleness(profile_dir / relative, fingerprint) if reason not in reasons]
     for relative, digest in record["outputs"].items():
         path = profile_dir / relative
         if not path.exists():

@@ -25,6 +25,7 @@ from .. import paths
 from ..errors import LabError
 from ..files import atomic_path, write_text
 from ..profiles import get_profile
+from .lock import profile_lock
 from .provenance import git_state
 
 MAIN = "main.tex"
@@ -115,11 +116,10 @@ def _records(directory: Path) -> list[dict]:
     """The notebooks' provenance records (written by the runner after each successful execution)."""
     records = []
     for path in sorted(directory.glob("provenance/*.json")):
-        if not path.name.endswith(".session.json"):
-            try:
-                records.append(json.loads(path.read_text()))
-            except ValueError:
-                continue
+        try:
+            records.append(json.loads(path.read_text()))
+        except ValueError:
+            continue
     return records
 
 
@@ -297,29 +297,48 @@ def first_error(log: str, context: int = 6) -> str | None:
     return None
 
 
-def _latex_error(profile: str, output: str) -> LabError:
-    log_path = build_dir(profile) / MAIN.replace(".tex", ".log")
+def _latex_error(profile: str, work: Path, output: str) -> LabError:
+    log_path = work / MAIN.replace(".tex", ".log")
     error = first_error(log_path.read_text(errors="replace")) if log_path.is_file() else None
     if error:
         error = error.replace("./sections/", "report/sections/").replace(f"./{MAIN}", f"report/{MAIN}")
-        return LabError(f"LaTeX failed on the {profile} report: {error}\n(full log: {log_path})")
+        return LabError(f"LaTeX failed on the {profile} report: {error}\n(full log: {_keep_log(profile, log_path)})")
     blg = log_path.with_suffix(".blg")
     if blg.is_file() and "error message" in blg.read_text(errors="replace"):
-        return LabError(f"BibTeX failed on report/references.bib; see {blg}")
+        return LabError(f"BibTeX failed on report/references.bib; see {_keep_log(profile, blg)}")
     tail = "\n".join(output.strip().splitlines()[-15:])
     return LabError(f"latexmk failed on the {profile} report:\n{tail}")
+
+
+# Warnings after which the PDF is broken, not just untidy: LaTeX carries on with `??` for a
+# reference, drops a figure, or closes an unbalanced group at the end of the document.
+_BROKEN = re.compile(
+    r"^(?:LaTeX Warning: (?:Reference|Citation) .* undefined.*"
+    r"|LaTeX Warning: File .* not found.*"
+    r"|\(\\end occurred (?:inside a group|when .* was incomplete).*"
+    r"|! .*)$", re.MULTILINE)
+
+
+def broken_warnings(log: str) -> list[str]:
+    return list(dict.fromkeys(match.group(0).strip() for match in _BROKEN.finditer(log)))
 
 
 def build(profile: str, *, force: bool = False, verbose: bool = False, allow_stale: bool = False) -> tuple[Path, bool]:
     """Build artifacts/<profile>/report.pdf; return its path and whether it changed.
 
     A report from stale artifacts is refused, or with `allow_stale` built with a warning
-    on its title page naming what changed.
+    on its title page naming what changed. One build at a time per profile, and none while
+    `mnist-lab run` writes the same artifacts.
     """
     get_profile(profile)
     latexmk = shutil.which("latexmk")
     if latexmk is None:
         raise LabError(f"latexmk not found, so the report cannot be built: {INSTALL_HINT}")
+    with profile_lock(profile, "report"):
+        return _build(profile, latexmk, force=force, verbose=verbose, allow_stale=allow_stale)
+
+
+def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stale: bool) -> tuple[Path, bool]:
     check_artifacts(profile)
     stale = stale_notebooks(profile)
     if stale and not allow_stale:
@@ -329,8 +348,14 @@ def build(profile: str, *, force: bool = False, verbose: bool = False, allow_sta
     write_info(profile, stale)
 
     directory = paths.profile_dir(profile)
-    out = build_dir(profile)
-    out.mkdir(parents=True, exist_ok=True)
+    # latexmk works in a copy of the last good build folder (so it still rebuilds only what
+    # changed); the copy replaces it only after a clean build. An interrupted or failed build
+    # leaves the good folder as it was, and its state never poisons the next build.
+    out, work = build_dir(profile), build_dir(profile).with_name("latex.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    if out.is_dir():
+        shutil.copytree(out, work)
+    work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # The profile's artifacts first, then the rest of the search path (the trailing separator
     # keeps TeX's defaults, "." i.e. report/ included).
@@ -342,15 +367,27 @@ def build(profile: str, *, force: bool = False, verbose: bool = False, allow_sta
     if date is not None:  # the PDF's own timestamp: the run's, so a rebuild of the same run is byte-identical
         env["SOURCE_DATE_EPOCH"] = str(int(datetime(date.year, date.month, date.day, tzinfo=timezone.utc).timestamp()))
     command = [latexmk, "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error",
-               f"-outdir={out}", *(["-g"] if force else []), *([] if verbose else ["-silent"]), MAIN]
+               f"-outdir={work}", *(["-g"] if force else []), *([] if verbose else ["-silent"]), MAIN]
     try:
         done = subprocess.run(command, cwd=paths.REPORT, env=env, stdin=subprocess.DEVNULL, text=True,
                               stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=LATEX_TIMEOUT)
+        log_path = work / MAIN.replace(".tex", ".log")
+        if done.returncode != 0:
+            raise _latex_error(profile, work, done.stdout or "")
+        broken = broken_warnings(log_path.read_text(errors="replace")) if log_path.is_file() else []
+        if broken:
+            raise LabError(f"LaTeX built the {profile} report with a broken document: {broken[0]}"
+                           + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+                           + f"\n(full log: {_keep_log(profile, log_path)})")
     except subprocess.TimeoutExpired:
-        raise LabError(f"latexmk took over {LATEX_TIMEOUT} s on the {profile} report; see {out}") from None
-    if done.returncode != 0:
-        raise _latex_error(profile, done.stdout or "")
+        shutil.rmtree(work, ignore_errors=True)
+        raise LabError(f"latexmk took over {LATEX_TIMEOUT} s on the {profile} report") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(work, out)
 
     built = out / MAIN.replace(".tex", ".pdf")
     target = pdf_path(profile)
@@ -359,3 +396,10 @@ def build(profile: str, *, force: bool = False, verbose: bool = False, allow_sta
     with atomic_path(target) as temporary:
         shutil.copyfile(built, temporary)
     return target, True
+
+
+def _keep_log(profile: str, log_path: Path) -> Path:
+    """Keep a failed build's log beside the artifacts (its build folder is discarded)."""
+    kept = paths.profile_dir(profile) / "latex-failed.log"
+    shutil.copyfile(log_path, kept)
+    return kept

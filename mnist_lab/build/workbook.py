@@ -6,12 +6,14 @@
     wb.table(tables.history(runs), "cnn_history")
     wb.macro("CnnTestAccuracy", "98.95")
 
-Outputs go to artifacts/<profile>/: a smoke run never overwrites the full run's files.
+Outputs go to artifacts/<profile>/: a smoke run never overwrites the full run's files. Under
+the runner (`mnist-lab run`) they go to its staging folder first, and reach artifacts/ all
+together only when the whole notebook has run.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from functools import cached_property
 from pathlib import Path
@@ -28,9 +30,10 @@ from ..device import environment, resolve_device
 from ..errors import LabError
 from ..experiments import Experiment, get_experiment
 from ..files import atomic_path, write_json, write_text
-from ..profiles import get_profile
-from .provenance import fingerprint, session_path
-from ..runs import Run, load_run, save_run
+from ..profiles import check_seeds, get_profile
+from . import provenance
+from .notebooks import SESSION_FILE, STAGING_VARIABLE
+from ..runs import Run, load_run, save_run, training_record
 from ..train import fit
 
 # Vector PDFs that journals accept (TrueType, not Type 3, fonts) and that are byte-stable
@@ -56,17 +59,14 @@ class Workbook:
         self.profile = get_profile(profile)
         check_device_name(device)
         self.device = device
-        seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
-        if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
-        ):
-            raise LabError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-        self.seeds = seeds
-        self.directory = paths.profile_dir(self.profile.name)
+        self.seeds = check_seeds(seeds)
+        self.directory = paths.profile_dir(self.profile.name)  # the training runs' cache
+        # Under the runner, figures, tables and macros wait in its staging folder until the whole
+        # notebook has succeeded; explored by hand, they are written in place.
+        staging = os.environ.get(STAGING_VARIABLE)
+        self.outputs = Path(staging) if staging else self.directory
         self._macros: dict[str, str] = {}
-        # What this session produced and used, for the runner's provenance record.
-        self._outputs: set[str] = set()
-        self._runs: dict[str, str] = {}
+        self._runs: dict[str, str] = {}  # the training runs this session used, for the runner's record
         matplotlib.rcParams.update(FIGURE_STYLE)
 
     @cached_property
@@ -87,16 +87,15 @@ class Workbook:
         """Train the experiment, or read the saved run if its inputs have not changed."""
         experiment = self.recipe(experiment_name)
         device = resolve_device(self.device)
-        key = fingerprint(experiment=experiment.to_dict(), seed=seed, device=device.type,
-                          limit_train=self.profile.limit_train, limit_test=self.profile.limit_test)
+        key = training_record(experiment, seed, device=str(device), limit_train=self.profile.limit_train,
+                              limit_test=self.profile.limit_test)["fingerprint"]
         directory = self.directory / "runs" / experiment.name / f"seed{seed}"
-        cached = directory / "config.json"
-        if not (cached.exists() and json.loads(cached.read_text()).get("fingerprint") == key):
+        cached = provenance.read_run_record(directory)
+        if cached is None or cached["fingerprint"] != key:
             # An interrupted run left its last completed epoch here; fit() resumes from it.
             checkpoint = directory.parent / f".{directory.name}.{key[:12]}.checkpoint.pt"
             result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
                          limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint)
-            result.settings["fingerprint"] = key
             save_run(result, directory)
             checkpoint.unlink()
         self._runs[str(directory.relative_to(self.directory))] = key
@@ -131,10 +130,10 @@ class Workbook:
     def figure(self, fig: plt.Figure, name: str) -> plt.Figure:
         """Save `fig` as figures/<name>.pdf (for LaTeX) and .png (for people); return it for display."""
         for suffix, metadata in ((".pdf", PDF_METADATA), (".png", PNG_METADATA)):
-            target = self.directory / "figures" / f"{name}{suffix}"
+            target = self._path("figures", f"{name}{suffix}")
             with atomic_path(target) as temporary:
                 fig.savefig(temporary, format=suffix[1:], metadata=metadata, dpi=150)
-            self._record_output(target)
+            self._record_session()
         return fig
 
     def table(self, frame: pd.DataFrame, name: str, **format_kwargs) -> Styler:
@@ -146,13 +145,12 @@ class Workbook:
         format_kwargs.setdefault("escape", "latex")
         with atomic_path(self._path("tables", f"{name}.csv")) as temporary:
             frame.to_csv(temporary, index=False)
-        self._record_output(self._path("tables", f"{name}.csv"))
         styler = frame.style.hide(axis="index").format(**format_kwargs)
         latex = styler.format_index(escape="latex", axis="columns").to_latex(
             hrules=True, column_format="r" * len(frame.columns)
         )
         write_text(self._path("tables", f"{name}.tex"), latex)
-        self._record_output(self._path("tables", f"{name}.tex"))
+        self._record_session()
         return frame.style.hide(axis="index").format(**{**format_kwargs, "escape": "html"})
 
     def macro(self, name: str, value) -> None:
@@ -163,25 +161,23 @@ class Workbook:
         lines = [f"% Generated by notebooks/{self.notebook}.ipynb (profile {self.profile.name}); do not edit."]
         lines += [f"\\newcommand{{\\{key}}}{{{text}}}" for key, text in sorted(self._macros.items())]
         write_text(self._path("macros", f"{self.notebook}.tex"), "\n".join(lines) + "\n")
-        self._record_output(self._path("macros", f"{self.notebook}.tex"))
-
-    def _record_output(self, path: Path) -> None:
-        self._outputs.add(str(path.relative_to(self.directory)))
         self._record_session()
 
     def _record_session(self) -> None:
-        """Tell the runner what this session wrote, which runs it used and which package modules it imported."""
+        """Tell the runner which runs this session used and which package modules it imported
+        (what it wrote, the runner sees in its staging folder)."""
+        if self.outputs == self.directory:
+            return  # not under the runner
         modules = sorted(
             str(Path(module.__file__).resolve().relative_to(paths.ROOT))
             for name, module in list(sys.modules.items())
             if name.startswith("mnist_lab") and getattr(module, "__file__", None)
         )
-        write_json(session_path(self.profile.name, self.notebook), {
-            "outputs": sorted(self._outputs), "runs": self._runs, "modules": modules,
-            "device": str(resolve_device(self.device)), "environment": environment(resolve_device(self.device)),
-        })
+        device = resolve_device(self.device)
+        write_json(self.outputs / SESSION_FILE, {"runs": self._runs, "modules": modules, "device": str(device),
+                                                  "environment": environment(device)})
 
     def _path(self, kind: str, filename: str) -> Path:
-        path = self.directory / kind / filename
+        path = self.outputs / kind / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         return path

@@ -1,0 +1,356 @@
+"""The build loses nothing and misses nothing: one test per case of the reliability review.
+
+Each test names its case: the command, and what must hold afterwards (the user's files
+intact, the previous artifacts byte-identical, one clear line, the exit code). Interruptions
+are real signals sent to real processes at a chosen point.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mnist_lab import paths
+from mnist_lab.build import notebooks, provenance
+from mnist_lab.build.lock import profile_lock
+from mnist_lab.cli import INTERRUPTED, main
+from mnist_lab.files import atomic_dir, atomic_path
+
+HAVE_TEX = shutil.which("latexmk") is not None
+TRAIN_SMALL = ["train", "basic_cnn", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"]
+
+# A notebook that stages one macro, waits for a signal file (so a test can interrupt it there),
+# then stages another; `fail` makes its last cell raise.
+SLOW = '''import time
+from pathlib import Path
+from mnist_lab.build.workbook import Workbook
+wb = Workbook("slow", profile=profile)
+wb.macro("First", "1")
+Path(marker).touch()
+while wait and Path(marker).exists():
+    time.sleep(0.05)
+wb.macro("Second", "2")
+assert not fail, "told to fail"'''
+# A notebook that uses a training run, as q2_cnn does, on the smoke profile's subsets.
+TRAINS = '''from mnist_lab.build.workbook import Workbook
+wb = Workbook("trains", profile=profile, seeds=seeds)
+run = wb.run("basic_cnn", seeds[0])
+wb.macro("Accuracy", f"{run.metrics['test_accuracy']:.2f}")'''
+
+
+def _notebook(path: Path, parameters: str, code: str) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture(scope="module")
+def built_project(tmp_path_factory):
+    """A copy of the package and data, the two notebooks above, each run once by the runner."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(paths.DATA, root / "data")
+    (root / "notebooks").mkdir()
+    _notebook(root / "notebooks" / "slow.ipynb",
+              f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW)
+    _notebook(root / "notebooks" / "trains.ipynb", 'profile = "smoke"\nseeds = [0]', TRAINS)
+    with pytest.MonkeyPatch.context() as patch:
+        _point_at(patch, root)
+        assert notebooks.execute_all(None, profile="smoke", progress=False) == ["slow", "trains"]
+    return root
+
+
+def _point_at(patch, root: Path) -> None:
+    patch.setattr(paths, "NOTEBOOKS", root / "notebooks")
+    patch.setattr(paths, "ARTIFACTS", root / "artifacts")
+    for name, value in (("MNIST_LAB_NOTEBOOKS", "notebooks"), ("MNIST_LAB_ARTIFACTS", "artifacts"),
+                        ("MNIST_LAB_DATA", "data")):
+        patch.setenv(name, str(root / value))
+
+
+@pytest.fixture
+def project(built_project, tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    shutil.copytree(built_project, root)
+    _point_at(monkeypatch, root)
+    monkeypatch.setattr(paths, "ROOT", root)
+    return root
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _start_slow(project: Path) -> tuple[subprocess.Popen, Path]:
+    """`mnist-lab run` of the slow notebook, told to wait at its marker file once it gets there."""
+    marker = project / "reached"
+    marker.unlink(missing_ok=True)
+    process = _start("run", "--profile", "smoke", "--force", "--no-progress", "slow", "-p", "wait", "True",
+                     "-p", "marker", str(marker))
+    return process, marker
+
+
+def _start(*args: str, **kwargs) -> subprocess.Popen:
+    """`mnist-lab ARGS` in its own process group, as a terminal would start it."""
+    return subprocess.Popen([sys.executable, "-m", "mnist_lab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def _wait_for(condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the process never reached the point to interrupt it at"
+        time.sleep(0.05)
+
+
+def _ctrl_c(process: subprocess.Popen) -> tuple[int, list[str]]:
+    """What Ctrl-C does in a terminal: SIGINT to the whole foreground process group."""
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, [line for line in stderr.splitlines() if line.strip()]
+
+
+# ---- 1. data loss ----------------------------------------------------------------------------------
+
+
+def test_case1_out_never_replaces_the_users_files(tmp_path, capsys, monkeypatch):
+    thesis = tmp_path / "thesis"
+    (thesis / "sub").mkdir(parents=True)
+    (thesis / "thesis.tex").write_text("my thesis")
+    (thesis / "sub" / "notes.txt").write_text("my notes")
+    before = _snapshot(thesis)
+    assert main([*TRAIN_SMALL, "--out", str(thesis)]) == 1
+    assert _snapshot(thesis) == before and sorted(p.name for p in thesis.iterdir()) == ["sub", "thesis.tex"]
+    assert "holds files that are not a training run" in capsys.readouterr().err
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for out in (a_file, a_file / "run"):  # a file, and a folder inside a file
+        assert main([*TRAIN_SMALL, "--out", str(out)]) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "is a file" in error
+    assert a_file.read_text() == "keep me"
+
+    monkeypatch.chdir(thesis)  # `--out .`: no retired folder or checkpoint left beside it either
+    assert main([*TRAIN_SMALL, "--out", "."]) == 1
+    assert _snapshot(thesis) == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "thesis"]
+
+    run = tmp_path / "run"  # an earlier run directory is still replaced, as a whole
+    assert main([*TRAIN_SMALL, "--out", str(run)]) == 0
+    first = (run / "config.json").read_text()
+    assert main([*TRAIN_SMALL, "--seed", "1", "--out", str(run)]) == 0
+    assert (run / "config.json").read_text() != first and '"seed": 1' in (run / "config.json").read_text()
+
+
+# ---- 2. half-written outputs ------------------------------------------------------------------------
+
+
+def test_case2_ctrl_c_mid_notebook_leaves_the_previous_outputs_byte_identical(project):
+    before = _snapshot(project / "artifacts" / "smoke")
+    process, marker = _start_slow(project)
+    _wait_for(marker.exists)  # the first macro is staged; the notebook waits for its second
+    code, lines = _ctrl_c(process)
+    assert (code, lines) == (130, [INTERRUPTED])  # one line: no traceback from papermill or the kernel
+    assert _snapshot(project / "artifacts" / "smoke") == before
+    assert not (project / "artifacts" / "smoke" / ".staging" / "slow").exists()
+
+
+def test_case2_a_failing_cell_leaves_the_previous_outputs_and_keeps_its_log(project, capsys):
+    before = _snapshot(project / "artifacts" / "smoke")
+    assert main(["run", "--profile", "smoke", "--no-progress", "slow", "-p", "fail", "True"]) == 1
+    error = capsys.readouterr().err
+    assert "AssertionError: told to fail; previous artifacts intact" in error and error.count("\n") == 1
+    log = project / "artifacts" / "smoke" / "notebooks" / "slow.failed.ipynb"
+    assert log.is_file() and str(log) in error
+    assert {k: v for k, v in _snapshot(project / "artifacts" / "smoke").items() if "failed" not in k} == before
+    assert "macros/slow.tex" in provenance.read_record("smoke", "slow")["outputs"]
+    assert notebooks.status("slow", "smoke") == []  # the previous run's outputs still count as fresh
+    assert main(["run", "--profile", "smoke", "--no-progress", "--force", "slow"]) == 0
+    assert not log.exists()  # a later success removes the old failure's log
+
+
+# ---- 3. -p profile against --profile ------------------------------------------------------------------
+
+
+def test_case3_a_profile_parameter_must_agree_with_the_profile(capsys):
+    assert main(["run", "--profile", "smoke", "q1_losses", "-p", "profile", "full"]) == 1
+    error = capsys.readouterr().err
+    assert "-p profile 'full' disagrees with --profile 'smoke'" in error and error.count("\n") == 1
+
+
+# ---- 4. Ctrl-C during LaTeX -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAVE_TEX, reason="latexmk not installed: run `make tex`")
+def test_case4_ctrl_c_during_latex_does_not_poison_the_next_build(smoke_artifacts, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(smoke_artifacts.parent, artifacts)
+    env = {**os.environ, "MNIST_LAB_ARTIFACTS": str(artifacts)}
+    assert subprocess.run([sys.executable, "-m", "mnist_lab", "report", "--profile", "smoke"], env=env,
+                          capture_output=True).returncode == 0
+    pdf = (artifacts / "smoke" / "report.pdf").read_bytes()
+    process = _start("report", "--profile", "smoke", "--force", env=env)
+    partial = artifacts / "smoke" / "latex.partial"
+    # Interrupted while pdflatex runs (in the command's session: started by latexmk, started by it).
+    _wait_for(lambda: subprocess.run(["pgrep", "-s", str(process.pid), "pdflatex"], capture_output=True).returncode == 0)
+    code, lines = _ctrl_c(process)
+    assert (code, lines) == (130, [INTERRUPTED])
+    assert (artifacts / "smoke" / "report.pdf").read_bytes() == pdf and not partial.exists()
+    again = subprocess.run([sys.executable, "-m", "mnist_lab", "report", "--profile", "smoke", "--force"], env=env,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+
+
+# ---- 5. one fingerprint, derived from the package ------------------------------------------------------
+
+
+def test_case5_every_training_source_changed_in_turn_makes_status_name_it(project):
+    sources = provenance.training_sources()
+    names = {str(p.relative_to(project)) for p in sources}
+    assert {"mnist_lab/train.py", "mnist_lab/data.py", "mnist_lab/augment.py", "mnist_lab/speed/layers.py",
+            "mnist_lab/models/vit.py", "mnist_lab/experiments.py"} <= names
+    assert "mnist_lab/results/figures.py" not in names  # a plot never retrains a model
+    assert notebooks.status("trains", "smoke") == []
+    for path in sources:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        reasons = notebooks.status("trains", "smoke")
+        path.write_bytes(original)
+        relative = str(path.relative_to(project))
+        assert any(relative in reason for reason in reasons), (relative, reasons)
+    extra = project / "mnist_lab" / "speed" / "tuning.json"  # a new file of any type counts too
+    extra.write_text("{}")
+    assert any("mnist_lab/speed/tuning.json changed" in reason for reason in notebooks.status("trains", "smoke"))
+
+
+# ---- 6. one run at a time -------------------------------------------------------------------------------
+
+
+def test_case6_a_second_run_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(project, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom mnist_lab.build.lock import profile_lock\n"
+         "with profile_lock('smoke', 'run (test)'):\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", "--profile", "smoke", "--force", "--no-progress", "slow"]) == 1
+        error = capsys.readouterr().err
+        assert f"in use by `mnist-lab run (test) (pid {holder.pid})`" in error and error.count("\n") == 1
+        if HAVE_TEX:
+            assert main(["report", "--profile", "smoke"]) == 1
+            assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with profile_lock("smoke", "run"):  # the dead holder's lock is free
+        pass
+    assert main(["run", "--profile", "smoke", "--force", "--no-progress", "slow"]) == 0
+
+
+# ---- 7. one line, not a traceback ------------------------------------------------------------------------
+
+
+def test_case7_a_notebook_that_is_not_json_is_one_line(project, capsys):
+    (project / "notebooks" / "slow.ipynb").write_text("{ not json")
+    for command in (["status", "--profile", "smoke"], ["run", "--profile", "smoke", "slow"]):
+        assert main(command) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "slow.ipynb is not a valid notebook" in error
+
+
+def test_case7_ctrl_c_during_start_up_is_one_line(tmp_path):
+    process = _start(*TRAIN_SMALL, "--out", str(tmp_path / "run"))
+    time.sleep(0.5)  # importing torch
+    code, lines = _ctrl_c(process)
+    assert (code, lines) == (130, [INTERRUPTED])
+
+
+# ---- 8. checked before the kernel starts -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seeds", ["[]", "[-1]", "[0, 0]"])
+def test_case8_bad_seeds_are_refused_before_the_kernel_starts(project, capsys, seeds):
+    before = _snapshot(project / "artifacts" / "smoke")
+    assert main(["run", "--profile", "smoke", "--force", "trains", "-p", "seeds", seeds]) == 1
+    error = capsys.readouterr().err
+    assert "seeds must be" in error and error.count("\n") == 1
+    assert _snapshot(project / "artifacts" / "smoke") == before
+
+
+def test_case8_corrupt_data_is_refused_before_the_kernel_starts(project, capsys):
+    before = _snapshot(project / "artifacts" / "smoke")
+    labels = project / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-100])
+    assert main(["run", "--profile", "smoke", "--force", "trains"]) == 1
+    error = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz" in error and error.count("\n") == 1
+    assert _snapshot(project / "artifacts" / "smoke") == before
+
+
+# ---- 9. the smaller ones ----------------------------------------------------------------------------------
+
+
+def test_case9_files_and_folders_get_the_umasks_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "file.txt") as temporary:
+            temporary.write_text("x")
+        with atomic_dir(tmp_path / "folder") as staging:
+            (staging / "inside.txt").write_text("y")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+
+
+def test_case9_repeated_seeds_and_too_large_subsets_are_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--profile", "smoke", "--seeds", "0", "0"])
+    assert exit_.value.code == 2 and "each value once" in capsys.readouterr().err
+    assert main([*TRAIN_SMALL[:5], "99999999", "--out", str(tmp_path / "run")]) == 1
+    assert "only 60,000" in capsys.readouterr().err
+
+
+def test_case9_a_killed_run_leaves_nothing_behind_after_the_next(project):
+    process, marker = _start_slow(project)
+    _wait_for(marker.exists)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert main(["run", "--profile", "smoke", "--force", "--no-progress", "slow"]) == 0
+    leftovers = [p for p in (project / "artifacts").rglob("*") if ".tmp" in p.name or ".staging" in p.parts]
+    assert leftovers == [p for p in leftovers if p.is_dir() and not any(p.iterdir())]
+
+
+def test_case9_a_notebook_without_a_parameters_cell_says_so(project, capsys):
+    notebook = nbformat.read(project / "notebooks" / "slow.ipynb", as_version=4)
+    notebook.cells[0].metadata["tags"] = []
+    nbformat.write(notebook, project / "notebooks" / "slow.ipynb")
+    assert main(["status", "--profile", "smoke", "slow"]) == 1
+    assert "has no cell tagged 'parameters'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_TEX, reason="latexmk not installed: run `make tex`")
+def test_case9_an_unclosed_group_in_the_report_fails_the_build(smoke_artifacts, tmp_path, monkeypatch, capsys):
+    shutil.copytree(paths.REPORT, tmp_path / "report")
+    (tmp_path / "mnist_lab").symlink_to(paths.ROOT / "mnist_lab")  # the appendix reads ../mnist_lab/
+    section = tmp_path / "report" / "sections" / "q1.tex"
+    section.write_text(section.read_text() + "\n{\\bfseries an unclosed group\n")
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(smoke_artifacts.parent, artifacts)
+    monkeypatch.setattr(paths, "REPORT", tmp_path / "report")
+    monkeypatch.setattr(paths, "ARTIFACTS", artifacts)
+    assert main(["report", "--profile", "smoke"]) == 1
+    error = capsys.readouterr().err
+    assert "broken document: (\\end occurred inside a group" in error
