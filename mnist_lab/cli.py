@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
     run.add_argument("--no-progress", action="store_true", help="no progress bar per notebook")
 
+    sweep = commands.add_parser("sweep", help="train experiments × seeds × overrides as Ray tasks into the run cache")
+    sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
+                       help=f"experiments ({', '.join(EXPERIMENT_NAMES)}) or variants such as 'cnn[hflip=true]'")
+    sweep.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct, default=[0],
+                       help="one run per seed (default: 0)")
+    sweep.add_argument("--set", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="train a variant per value (e.g. --set lr=1e-3,3e-4 --set augmentation.hflip=true,false)")
+    sweep.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose run cache, and its subsets")
+    sweep.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where each run trains; cuda asks Ray for one GPU per run")
+    sweep.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else Ray started here)")
+    sweep.add_argument("--cpus-per-run", type=_positive_int,
+                       help="threads (and Ray CPUs) per run on CPUs (default: every core, one run at a time)")
+
     status = commands.add_parser("status", help="list each notebook's artifacts as fresh or stale, and why")
     status.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all)")
     status.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
@@ -158,6 +172,16 @@ def _status(args) -> None:
             print(f"    {'stale' if reasons else 'fresh'}  {output}")
 
 
+def _sweep(args) -> None:
+    from . import sweep
+
+    summary = sweep.run(args.experiments, seeds=args.seeds, settings=args.set, profile=args.profile,
+                        address=args.address, device=args.device, cpus_per_run=args.cpus_per_run)
+    if summary["failed"]:
+        raise LabError(f"{len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])}; "
+                       "the others are in the cache, and the same command retries the failed ones")
+
+
 def _report(args) -> None:
     from .build import report
 
@@ -203,7 +227,8 @@ def _bench(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "run": _run, "status": _status, "report": _report, "bench": _bench}[args.command](args)
+        {"train": _train, "run": _run, "sweep": _sweep, "status": _status, "report": _report,
+         "bench": _bench}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

@@ -42,19 +42,62 @@ class Experiment:
 
     def replace(self, **overrides) -> Experiment:
         """A copy with some fields changed; unknown fields and wrong types are errors, not warnings."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        for key, value in overrides.items():
-            if key not in fields:
-                raise LabError(f"unknown experiment field {key!r}; valid fields: {', '.join(fields)}")
-            expected = type(getattr(self, key))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                continue  # an integer is a fine learning rate
-            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-                raise LabError(f"experiment field {key!r} must be {expected.__name__}, got {value!r}")
-        return dataclasses.replace(self, **overrides)
+        return _checked_replace(self, overrides, "experiment field")
+
+    def with_override(self, field: str, value) -> Experiment:
+        """A copy with one field changed: an experiment field (`lr`) or an augmentation one
+        (`hflip`, or `augmentation.hflip`), with `replace`'s checks."""
+        leaf = field.removeprefix("augmentation.")
+        augmentation_fields = {f.name for f in dataclasses.fields(Augmentation)}
+        if leaf in augmentation_fields and (field != leaf or leaf not in {f.name for f in dataclasses.fields(self)}):
+            return self.replace(augmentation=_checked_replace(self.augmentation, {leaf: value}, "augmentation field"))
+        return self.replace(**{field: value})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _checked_replace(obj, overrides: dict, what: str):
+    fields = {f.name for f in dataclasses.fields(obj)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise LabError(f"unknown {what} {key!r}; valid fields: {', '.join(sorted(fields))}")
+        expected = type(getattr(obj, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue  # an integer is a fine learning rate
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise LabError(f"{what} {key!r} must be {expected.__name__}, got {value!r}")
+    return dataclasses.replace(obj, **overrides)
+
+
+def parse_value(text: str):
+    """A value as typed on the command line: true/false, a number, or else a string."""
+    import ast
+
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def format_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+def variant(base: str, overrides: dict) -> Experiment:
+    """A registered experiment with some fields changed, named after them: cnn[hflip=true,lr=0.0003].
+
+    The name is part of the recipe, so each variant has its own fingerprint and run directory,
+    and `get_experiment` rebuilds the same variant from the name alone.
+    """
+    experiment = get_experiment(base)
+    for field, value in overrides.items():
+        experiment = experiment.with_override(field, value)
+    labels = ",".join(f"{field.removeprefix('augmentation.')}={format_value(value)}"
+                      for field, value in sorted(overrides.items()))
+    return experiment.replace(name=f"{base}[{labels}]") if overrides else experiment
 
 
 # Rotation range: the report does not give one; ±10° is the common choice for digits
@@ -86,6 +129,15 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 
 def get_experiment(name: str) -> Experiment:
+    """A registered experiment by name, or a variant of one (`cnn[hflip=true]`, see `variant`)."""
+    base, bracket, rest = name.partition("[")
+    if bracket:
+        if not rest.endswith("]") or not rest[:-1]:
+            raise LabError(f"a variant is written base[field=value,...], got {name!r}")
+        pairs = [item.partition("=") for item in rest[:-1].split(",")]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise LabError(f"a variant is written base[field=value,...], got {name!r}")
+        return variant(base, {key.strip(): parse_value(value.strip()) for key, _, value in pairs})
     if name not in EXPERIMENTS:
         raise LabError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[name]
