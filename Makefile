@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= full
 
-.PHONY: setup tex report test bench clean
+.PHONY: setup tex report test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,14 @@ test: setup
 # writes artifacts/bench/bench.json. BENCH_ARGS="--images 512 --repeats 1" for a quick look.
 bench: setup
 	$(BIN)/mnist-lab bench $(BENCH_ARGS)
+
+# On a machine with a CUDA GPU: the tests, the report's schedule (fast, CUDA graphs, faithful
+# fp32, 3 seeds, the deterministic pair), the notebooks under papermill, one table and JSON, and
+# artifacts/full packed for `mnist-lab unpack` + `mnist-lab report` elsewhere. Needs no .venv
+# (GPU machines bring their own torch); without CUDA it says so and exits 2.
+GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m mnist_lab.bench.gpu_check
 
 clean:
 	rm -rf artifacts report/build

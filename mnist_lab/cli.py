@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on a GPU, deterministic kernels only (slower); the CPU always is")
     train.add_argument("--faithful", action="store_true",
                        help="train the report's code exactly: none of the trainer's speed-ups (mnist_lab/speed)")
+    train.add_argument("--cuda-graphs", action="store_true",
+                       help="on a GPU, capture each training step as a CUDA graph (new: not yet the default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
@@ -117,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--verbose", action="store_true", help="show latexmk's and LaTeX's own output")
     report.add_argument("--allow-stale", action="store_true",
                         help="build from stale artifacts anyway; the title page says what is stale")
+    pack = commands.add_parser("pack", help="pack a profile's artifacts into one archive (e.g. from a GPU machine)")
+    pack.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
+    pack.add_argument("--out", type=Path, help="the archive (default: artifacts/PROFILE.tar.gz)")
+    unpack = commands.add_parser("unpack", help="put a packed profile back under artifacts/, replacing that profile's")
+    unpack.add_argument("archive", type=Path, help="a file made by `mnist-lab pack`")
+
     bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
     bench.add_argument("--models", nargs="+", choices=BENCH_MODELS, metavar="MODEL", default=list(BENCH_MODELS),
                            help="which models (default: all four)")
@@ -208,12 +216,25 @@ def _train(args) -> None:
     result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
                  limit_train=args.limit_train, limit_test=args.limit_test, data=data,
                  progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic,
-                 fast=not args.faithful)
+                 fast=not args.faithful, cuda_graphs=args.cuda_graphs)
     save_run(result, out)
     checkpoint.unlink()
     metrics = result.metrics
     print(f"{experiment.name}: test accuracy {metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs, "
           f"{metrics['train_images_per_second']:.0f} images/s; run saved to {out}")
+
+
+def _pack(args) -> None:
+    from .build import archive
+
+    print(f"packed the {args.profile} artifacts into {archive.pack(args.profile, args.out)}")
+
+
+def _unpack(args) -> None:
+    from .build import archive
+
+    profile = archive.unpack(args.archive)
+    print(f"unpacked {args.archive} into {paths.profile_dir(profile)}; `mnist-lab report --profile {profile}` builds it")
 
 
 def _bench(args) -> None:
@@ -228,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "run": _run, "sweep": _sweep, "status": _status, "report": _report,
-         "bench": _bench}[args.command](args)
+         "pack": _pack, "unpack": _unpack, "bench": _bench}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

@@ -93,6 +93,11 @@ def load_mnist(root: str | Path | None = None, *, download: bool = False) -> Mni
     )
 
 
+def pixels(images: torch.Tensor, layout=torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, 28, 28) to float (B, 1, 28, 28) pixels in [0, 1], in the given memory layout."""
+    return images.unsqueeze(1).float().div_(255).contiguous(memory_format=layout)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Pixels in [0, 1] to the standardized values every model is trained on."""
     return (images - MEAN) / STD

@@ -31,12 +31,13 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "e
 
 def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
                     limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
-                    fast: bool = True) -> dict:
+                    fast: bool = True, cuda_graphs: bool = False) -> dict:
     """What a run of these settings depends on, and its fingerprint: the cache key of a run."""
     device_type = torch.device(device).type
     return provenance.run_record(experiment=experiment.to_dict(), seed=seed, device=device_type,
                                  precision=resolve_precision(precision, device_type), limit_train=limit_train,
-                                 limit_test=limit_test, deterministic=deterministic, fast=fast)
+                                 limit_test=limit_test, deterministic=deterministic, fast=fast,
+                                 **({"cuda_graphs": True} if cuda_graphs else {}))
 
 
 def result_record(result: RunResult) -> dict:
@@ -44,7 +45,7 @@ def result_record(result: RunResult) -> dict:
     return training_record(result.experiment, result.seed, device=settings["device"],
                            precision=settings["precision"], limit_train=settings["limit_train"],
                            limit_test=settings["limit_test"], deterministic=settings["deterministic"],
-                           fast=settings["fast"])
+                           fast=settings["fast"], cuda_graphs=settings.get("cuda_graphs", False))
 
 
 def is_run_directory(directory: Path) -> bool:

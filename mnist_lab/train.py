@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from .augment import augment
 from .checkpoint import restore as restore_checkpoint
 from .checkpoint import save as save_checkpoint
-from .data import Mnist, Split, load_mnist, normalize
+from .data import Mnist, Split, load_mnist, normalize, pixels
 from .device import environment, resolve_device
 from .errors import LabError
 from .experiments import Experiment
 from .models import count_parameters, create_model
 from .speed import accelerate, memory_format, optimizer_options
+from .speed.cuda import StepGraph, captured_optimizer
 
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
 EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
@@ -81,6 +82,7 @@ def fit(
     checkpoint: str | Path | None = None,
     deterministic: bool = False,
     fast: bool = True,
+    cuda_graphs: bool = False,
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Train `experiment` and evaluate it on the test set after every epoch.
@@ -92,6 +94,8 @@ def fit(
     deterministic: on a GPU, only deterministic kernels (slower); the CPU always is.
     fast: apply `speed`'s device-specific speed-ups to the model (the same function, computed
     faster); False trains the report's code exactly, with torch's default optimizer loop.
+    cuda_graphs: on CUDA with `fast`, capture each training step as a CUDA graph and replay it
+    (`speed.cuda`); not yet run on a GPU, so off by default.
     on_epoch_end: called with each epoch's history row once the epoch is done and saved
     (the benchmark uses it to take turns with the usual loop between epochs).
     """
@@ -109,24 +113,37 @@ def fit(
     layout = memory_format(model, target) if fast else torch.contiguous_format
     model = model.to(memory_format=layout)
     trained = accelerate(model, target) if fast else model  # shares model's parameters
-    optimizer = make_optimizer(model, experiment, **(optimizer_options(target) if fast else {}))
+    graphs = fast and cuda_graphs and target.type == "cuda"
+    if graphs:
+        optimizer = captured_optimizer(model, experiment.optimizer, experiment.lr, experiment.weight_decay)
+    else:
+        optimizer = make_optimizer(model, experiment, **(optimizer_options(target) if fast else {}))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma) if experiment.lr_step else None
-    autocast = (
-        torch.autocast(target.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    autocast = (  # a graph cannot hold autocast's cache of cast weights
+        torch.autocast(target.type, dtype=torch.bfloat16, cache_enabled=not graphs) if precision == "bf16"
+        else contextlib.nullcontext()
     )
 
     settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
-                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic, "fast": fast}
+                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic, "fast": fast,
+                **({"cuda_graphs": True} if graphs else {})}
     identity = {"experiment": experiment.to_dict(), "seed": seed, **settings}
     done, rows = restore_checkpoint(checkpoint, identity=identity, model=model, optimizer=optimizer,
                                     scheduler=scheduler, generator=generator)
+    step_graph = StepGraph(trained, optimizer, train_set, batch_size=experiment.batch_size,
+                           augmentation=experiment.augmentation, autocast=autocast, layout=layout) if graphs else None
     predictions = None
     for epoch in range(done + 1, experiment.epochs + 1):
         start = time.perf_counter()
         bar = tqdm(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
                    disable=not progress, leave=True)
-        train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
-                                                  autocast, layout, epoch, bar)
+        if step_graph:
+            train_loss, train_accuracy = step_graph.run_epoch(torch.randperm(len(train_set), generator=generator,
+                                                                             device=target))
+            bar.update(len(train_set))
+        else:
+            train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
+                                                      autocast, layout, epoch, bar)
         train_seconds = time.perf_counter() - start
         if scheduler:
             scheduler.step()
@@ -179,11 +196,6 @@ def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch
     return optimizer_class(model.parameters(), lr=experiment.lr, weight_decay=experiment.weight_decay, **options)
 
 
-def _inputs(images: torch.Tensor, layout=torch.contiguous_format) -> torch.Tensor:
-    """uint8 (B, 28, 28) to float (B, 1, 28, 28) pixels in [0, 1]."""
-    return images.unsqueeze(1).float().div_(255).contiguous(memory_format=layout)
-
-
 def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, generator, autocast, layout,
                  epoch: int, bar) -> tuple[float, float]:
     model.train()
@@ -194,7 +206,7 @@ def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, gen
     for step, start in enumerate(range(0, n, experiment.batch_size), 1):
         batch = order[start : start + experiment.batch_size]
         # Augment in pixel space, where 0 is the black background the rotation fills in.
-        x = normalize(augment(_inputs(train_set.images[batch], layout), experiment.augmentation, generator))
+        x = normalize(augment(pixels(train_set.images[batch], layout), experiment.augmentation, generator))
         y = train_set.labels[batch]
         with autocast:
             logits = model(x)
@@ -222,7 +234,7 @@ def evaluate(model: nn.Module, split: Split, autocast=contextlib.nullcontext(),
     loss_sum = torch.zeros((), device=split.labels.device)
     predictions = []
     for start in range(0, len(split), EVAL_BATCH):
-        x = normalize(_inputs(split.images[start : start + EVAL_BATCH], layout))
+        x = normalize(pixels(split.images[start : start + EVAL_BATCH], layout))
         y = split.labels[start : start + EVAL_BATCH]
         with autocast:
             logits = model(x)

@@ -1,0 +1,112 @@
+"""The CUDA-graph training step (`speed.cuda`), checked where it can be: run eagerly on the CPU.
+
+Capture itself needs a GPU (`make gpu-check` runs it there); what it records is the same
+`StepGraph._step` that these tests run, so the gather by device-side position, the sums, the
+last partial batch and the tensor learning rate are checked here.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from mnist_lab.experiments import get_experiment
+from mnist_lab.models import create_model
+from mnist_lab.speed.cuda import CapturableSGD, StepGraph, captured_optimizer
+from mnist_lab.train import _train_epoch, make_optimizer
+from tqdm import tqdm
+
+
+def _model_and_optimizer(name: str, captured: bool):
+    torch.manual_seed(0)
+    model = create_model(name)
+    experiment = get_experiment(name)
+    optimizer = (CapturableSGD(model.parameters(), lr=torch.tensor(experiment.lr)) if captured
+                 else make_optimizer(model, experiment))
+    return model, optimizer, experiment
+
+
+@pytest.mark.parametrize("images", [512, 500])  # 500 = 7 full batches of 64 and one of 52
+def test_the_graph_step_trains_as_the_trainers_loop_does(small_mnist, images):
+    data = small_mnist.train.head(images)
+    results = []
+    for graphed in (False, True):
+        model, optimizer, experiment = _model_and_optimizer("basic_cnn", captured=graphed)
+        generator = torch.Generator().manual_seed(0)
+        if graphed:
+            steps = StepGraph(model, optimizer, data, batch_size=64, augmentation=experiment.augmentation,
+                              autocast=contextlib.nullcontext(), layout=torch.contiguous_format, capture=False)
+            order = torch.randperm(len(data), generator=generator)
+            results.append((*steps.run_epoch(order), model.fc2.weight.detach().clone()))
+        else:
+            with tqdm(disable=True) as bar:
+                loss, accuracy = _train_epoch(model, optimizer, data, experiment, generator, contextlib.nullcontext(),
+                                              torch.contiguous_format, 1, bar)
+            results.append((loss, accuracy, model.fc2.weight.detach().clone()))
+    (loss_a, accuracy_a, weight_a), (loss_b, accuracy_b, weight_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-5) and accuracy_b == accuracy_a
+    torch.testing.assert_close(weight_b, weight_a)
+
+
+def test_a_tensor_learning_rate_follows_step_lr():
+    model = create_model("basic_cnn")
+    optimizer = CapturableSGD(model.parameters(), lr=torch.tensor(0.01))
+    rate = optimizer.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] is rate  # updated in place: a captured graph sees it
+    assert rate.item() == pytest.approx(0.001)
+
+
+def test_capturable_sgd_is_plain_sgd():
+    torch.manual_seed(0)
+    a, b = create_model("basic_cnn"), create_model("basic_cnn")
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for model, optimizer in ((a, torch.optim.SGD(a.parameters(), lr=0.01, weight_decay=1e-4)),
+                             (b, CapturableSGD(b.parameters(), lr=torch.tensor(0.01), weight_decay=1e-4))):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_adam_and_adamw_are_made_capturable():
+    model = create_model("cnn")
+    for name in ("adam", "adamw"):
+        optimizer = captured_optimizer(model, name, 1e-3, 0.0)
+        assert optimizer.defaults["capturable"] and isinstance(optimizer.param_groups[0]["lr"], torch.Tensor)
+
+
+def test_gpu_check_refuses_in_one_line_without_cuda():
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: `make gpu-check` runs the real check")
+    done = subprocess.run([sys.executable, "-m", "mnist_lab.bench.gpu_check"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one"
+
+
+def test_a_packed_profile_unpacks_to_the_same_fresh_artifacts(smoke_artifacts, tmp_path, monkeypatch):
+    import shutil
+
+    from mnist_lab import paths
+    from mnist_lab.build import archive, notebooks
+    from mnist_lab.cli import main
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(smoke_artifacts.parent, artifacts)
+    monkeypatch.setattr(paths, "ARTIFACTS", artifacts)
+    before = {str(p.relative_to(artifacts)): p.read_bytes() for p in (artifacts / "smoke").rglob("*")
+              if p.is_file() and not set(p.relative_to(artifacts / "smoke").parts) & archive.LEFT_OUT}
+    assert main(["pack", "--profile", "smoke", "--out", str(tmp_path / "smoke.tar.gz")]) == 0
+    shutil.rmtree(artifacts / "smoke")
+    assert main(["unpack", str(tmp_path / "smoke.tar.gz")]) == 0
+    after = {str(p.relative_to(artifacts)): p.read_bytes() for p in (artifacts / "smoke").rglob("*") if p.is_file()}
+    assert after == before
+    assert all(notebooks.stale_as_run(name, "smoke") == [] for name in notebooks.available())
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    assert main(["unpack", str(tmp_path / "junk.tar.gz")]) == 1
