@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= full
 
-.PHONY: setup tex report test bench gpu-check clean
+.PHONY: setup tex browser report test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # missing and run as root, otherwise prints what to install and stops.
 tex:
 	report/install-tex.sh
+
+# Chromium and ChromeDriver for the browser tests of the HTML pages (same rules as `tex`).
+browser:
+	tests/install-browser.sh
 
 # The main job: run the notebooks (training runs are cached by fingerprint, so a re-run with
 # nothing changed trains nothing), then build artifacts/$(PROFILE)/report.pdf (latexmk rebuilds

@@ -79,6 +79,7 @@ def fit(
     limit_test: int | None = None,
     data: Mnist | None = None,
     progress: bool = True,
+    bar=tqdm,
     checkpoint: str | Path | None = None,
     deterministic: bool = False,
     fast: bool = True,
@@ -96,6 +97,8 @@ def fit(
     faster); False trains the report's code exactly, with torch's default optimizer loop.
     cuda_graphs: on CUDA with `fast`, capture each training step as a CUDA graph and replay it
     (`speed.cuda`); not yet run on a GPU, so off by default.
+    bar: the progress bar's class: tqdm.auto's (a widget in JupyterLab) by default; the runner's
+    kernels pass tqdm's text bar, whose last state is what the kept notebook shows.
     on_epoch_end: called with each epoch's history row once the epoch is done and saved
     (the benchmark uses it to take turns with the usual loop between epochs).
     """
@@ -135,21 +138,21 @@ def fit(
     predictions = None
     for epoch in range(done + 1, experiment.epochs + 1):
         start = time.perf_counter()
-        bar = tqdm(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
+        epoch_bar = bar(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
                    disable=not progress, leave=True)
         if step_graph:
             train_loss, train_accuracy = step_graph.run_epoch(torch.randperm(len(train_set), generator=generator,
                                                                              device=target))
-            bar.update(len(train_set))
+            epoch_bar.update(len(train_set))
         else:
             train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
-                                                      autocast, layout, epoch, bar)
+                                                      autocast, layout, epoch, epoch_bar)
         train_seconds = time.perf_counter() - start
         if scheduler:
             scheduler.step()
         test_loss, test_accuracy, predictions = evaluate(trained, test_set, autocast, layout)
-        bar.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.2f}%")
-        bar.close()
+        epoch_bar.set_postfix(loss=f"{train_loss:.4f}", test_acc=f"{test_accuracy:.2f}%")
+        epoch_bar.close()
         rows.append(
             {
                 "epoch": epoch,

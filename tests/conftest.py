@@ -1,3 +1,9 @@
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+import nbformat
 import pytest
 
 from mnist_lab.data import load_mnist
@@ -22,13 +28,88 @@ def smoke_artifacts(tmp_path_factory):
     """Every notebook executed once by papermill under the smoke profile, into a temporary folder.
 
     The kernels papermill starts read MNIST_LAB_ARTIFACTS; this process reads paths.ARTIFACTS.
+    What the runner printed is kept in run-output.txt beside the profile's folder.
     """
     from mnist_lab import paths
     from mnist_lab.build import notebooks
 
     root = tmp_path_factory.mktemp("artifacts")
-    with pytest.MonkeyPatch.context() as patch:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("MNIST_LAB_ARTIFACTS", str(root))
         patch.setattr(paths, "ARTIFACTS", root)
         notebooks.execute_all(None, profile="smoke", progress=False)
+        (root / "run-output.txt").write_text(printed.getvalue())
         yield root / "smoke"
+
+
+# ---- a tiny project: a copy of the package and data with two small notebooks ------------------
+
+# A notebook that stages one macro, waits for a signal file (so a test can interrupt it there),
+# then stages another; `fail` makes its last cell raise.
+SLOW = '''import time
+from pathlib import Path
+from mnist_lab.build.workbook import Workbook
+wb = Workbook("slow", profile=profile)
+wb.macro("First", "1")
+Path(marker).touch()
+while wait and Path(marker).exists():
+    time.sleep(0.05)
+wb.macro("Second", "2")
+assert not fail, "told to fail"'''
+# A notebook that uses a training run, as q2_cnn does, on the smoke profile's subsets.
+TRAINS = '''from mnist_lab.build.workbook import Workbook
+wb = Workbook("trains", profile=profile, seeds=seeds)
+run = wb.run("basic_cnn", seeds[0])
+wb.macro("Accuracy", f"{run.metrics['test_accuracy']:.2f}")'''
+
+
+def make_notebook(path: Path, parameters: str, code: str) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def point_at(patch, root: Path) -> None:
+    """Make this process and the kernels it starts use the tiny project's notebooks, artifacts and data."""
+    from mnist_lab import paths
+
+    patch.setattr(paths, "NOTEBOOKS", root / "notebooks")
+    patch.setattr(paths, "ARTIFACTS", root / "artifacts")
+    for name, value in (("MNIST_LAB_NOTEBOOKS", "notebooks"), ("MNIST_LAB_ARTIFACTS", "artifacts"),
+                        ("MNIST_LAB_DATA", "data")):
+        patch.setenv(name, str(root / value))
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory):
+    """The tiny project, each notebook run once by the runner."""
+    from mnist_lab import paths
+    from mnist_lab.build import notebooks
+
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(paths.DATA, root / "data")
+    (root / "notebooks").mkdir()
+    make_notebook(root / "notebooks" / "slow.ipynb",
+                  f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW)
+    make_notebook(root / "notebooks" / "trains.ipynb", 'profile = "smoke"\nseeds = [0]', TRAINS)
+    with pytest.MonkeyPatch.context() as patch:
+        point_at(patch, root)
+        assert notebooks.execute_all(None, profile="smoke", progress=False) == ["slow", "trains"]
+    return root
+
+
+@pytest.fixture
+def project(built_project, tmp_path, monkeypatch):
+    """A fresh copy of the built tiny project for one test to change."""
+    from mnist_lab import paths
+
+    root = tmp_path / "project"
+    shutil.copytree(built_project, root)
+    point_at(monkeypatch, root)
+    monkeypatch.setattr(paths, "ROOT", root)
+    return root

@@ -24,69 +24,9 @@ from mnist_lab.build.lock import profile_lock
 from mnist_lab.cli import INTERRUPTED, main
 from mnist_lab.files import atomic_dir, atomic_path
 
+
 HAVE_TEX = shutil.which("latexmk") is not None
 TRAIN_SMALL = ["train", "basic_cnn", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"]
-
-# A notebook that stages one macro, waits for a signal file (so a test can interrupt it there),
-# then stages another; `fail` makes its last cell raise.
-SLOW = '''import time
-from pathlib import Path
-from mnist_lab.build.workbook import Workbook
-wb = Workbook("slow", profile=profile)
-wb.macro("First", "1")
-Path(marker).touch()
-while wait and Path(marker).exists():
-    time.sleep(0.05)
-wb.macro("Second", "2")
-assert not fail, "told to fail"'''
-# A notebook that uses a training run, as q2_cnn does, on the smoke profile's subsets.
-TRAINS = '''from mnist_lab.build.workbook import Workbook
-wb = Workbook("trains", profile=profile, seeds=seeds)
-run = wb.run("basic_cnn", seeds[0])
-wb.macro("Accuracy", f"{run.metrics['test_accuracy']:.2f}")'''
-
-
-def _notebook(path: Path, parameters: str, code: str) -> None:
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code),
-    ])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, path)
-
-
-@pytest.fixture(scope="module")
-def built_project(tmp_path_factory):
-    """A copy of the package and data, the two notebooks above, each run once by the runner."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(paths.DATA, root / "data")
-    (root / "notebooks").mkdir()
-    _notebook(root / "notebooks" / "slow.ipynb",
-              f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW)
-    _notebook(root / "notebooks" / "trains.ipynb", 'profile = "smoke"\nseeds = [0]', TRAINS)
-    with pytest.MonkeyPatch.context() as patch:
-        _point_at(patch, root)
-        assert notebooks.execute_all(None, profile="smoke", progress=False) == ["slow", "trains"]
-    return root
-
-
-def _point_at(patch, root: Path) -> None:
-    patch.setattr(paths, "NOTEBOOKS", root / "notebooks")
-    patch.setattr(paths, "ARTIFACTS", root / "artifacts")
-    for name, value in (("MNIST_LAB_NOTEBOOKS", "notebooks"), ("MNIST_LAB_ARTIFACTS", "artifacts"),
-                        ("MNIST_LAB_DATA", "data")):
-        patch.setenv(name, str(root / value))
-
-
-@pytest.fixture
-def project(built_project, tmp_path, monkeypatch):
-    root = tmp_path / "project"
-    shutil.copytree(built_project, root)
-    _point_at(monkeypatch, root)
-    monkeypatch.setattr(paths, "ROOT", root)
-    return root
-
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
+import threading
 import shutil
 import signal
 import time
@@ -29,6 +31,8 @@ from .lock import profile_lock
 
 STAGING_VARIABLE = "MNIST_LAB_STAGING"  # tells the kernel's Workbook where to stage its outputs
 SESSION_FILE = "session.json"  # written by the Workbook in the staging folder: the runs and modules it used
+PROGRESS_FILE = "progress.log"  # one line per finished epoch, from the kernel; the runner prints them
+_MACRO = re.compile(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", re.MULTILINE)
 
 
 def available() -> list[str]:
@@ -150,7 +154,7 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
     LoggedKernelManager.log_path = staging / "kernel.log"
     start = time.perf_counter()
     try:
-        with _environment(STAGING_VARIABLE, str(staging)):  # the kernel inherits it
+        with _environment(STAGING_VARIABLE, str(staging)), _printing(staging / PROGRESS_FILE):
             papermill.execute_notebook(str(source), str(executed), parameters=effective, cwd=str(paths.NOTEBOOKS),
                                        kernel_name="python3", progress_bar=progress,
                                        kernel_manager_class="mnist_lab.build.kernel.LoggedKernelManager")
@@ -168,8 +172,58 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
         log = _keep_failed(name, profile, executed)
         raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
                        f"previous artifacts intact{f'; what ran is kept at {log}' if log else ''}") from None
-    _commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    changes = _commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    if changes["macros"] or changes["tables"]:
+        listed = [f"{macro} {old} → {new}" for macro, old, new in changes["macros"]]
+        listed += [f"table {table}" for table in changes["tables"]]
+        print(f"      changed: {'; '.join(listed)}", flush=True)
     return executed_path(name, profile)
+
+
+@contextmanager
+def _printing(path: Path):
+    """Print the lines the kernel appends to `path` while the notebook runs (training progress)."""
+    stop = threading.Event()
+
+    def follow() -> None:
+        offset = 0
+        while True:
+            finished = stop.is_set()
+            if path.is_file():
+                with open(path) as handle:
+                    handle.seek(offset)
+                    for line in handle:
+                        if line.endswith("\n"):
+                            print(f"      {line.rstrip()}", flush=True)
+                            offset += len(line.encode())
+            if finished:
+                return
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _changes(directory: Path, staging: Path, staged: list[Path]) -> dict:
+    """The numbers (macros) and tables of the report that this run changes, old → new."""
+    macros, tables = [], []
+    for relative in staged:
+        old, new = directory / relative, staging / relative
+        if not old.is_file():
+            continue
+        if relative.parts[0] == "macros":
+            before, after = dict(_MACRO.findall(old.read_text())), dict(_MACRO.findall(new.read_text()))
+            macros += [[name, before.get(name, "(new)"), value] for name, value in after.items()
+                       if before.get(name) != value]
+            macros += [[name, value, "(gone)"] for name, value in before.items() if name not in after]
+        elif relative.parts[0] == "tables" and relative.suffix == ".csv" and old.read_bytes() != new.read_bytes():
+            tables.append(relative.stem)
+    return {"macros": macros, "tables": tables}
 
 
 @contextmanager
@@ -210,13 +264,15 @@ def _no_interruption():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: float) -> None:
-    """Move the staged outputs into the profile folder and write the provenance record last."""
+def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: float) -> dict:
+    """Move the staged outputs into the profile folder and write the provenance record last;
+    returns what changed in the report's numbers and tables."""
     directory = paths.profile_dir(profile)
     session_file = staging / SESSION_FILE
     used = json.loads(session_file.read_text()) if session_file.exists() else {"runs": {}, "modules": []}
     session_file.unlink(missing_ok=True)
     (staging / "kernel.log").unlink(missing_ok=True)
+    (staging / PROGRESS_FILE).unlink(missing_ok=True)
     staged = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
     previous = provenance.read_record(profile, name) or {"outputs": {}}
     record = {
@@ -227,6 +283,7 @@ def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: 
         "sources": {module: provenance.file_hash(paths.ROOT / module) for module in used["modules"]},
         "runs": used["runs"],
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
+        "changes": _changes(directory, staging, staged),
     }
     with _no_interruption():
         for relative in staged:
@@ -238,6 +295,7 @@ def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: 
         failed_path(name, profile).unlink(missing_ok=True)
         failed_path(name, profile).with_suffix(".kernel.log").unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+    return record["changes"]
 
 
 def _check_name(name: str) -> None:
@@ -260,8 +318,12 @@ def execute_all(names: list[str] | None, *, profile: str, parameters: dict | Non
 
         load_mnist()  # verified once here: a corrupt file is one line now, not a failed cell later
     with profile_lock(profile, f"run ({', '.join(to_run) or 'nothing stale'})"):
-        return _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
-                                 force=force, progress=progress)
+        ran = _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
+                                force=force, progress=progress)
+        from .html import write_site
+
+        print(f"pages: {write_site(profile)}", flush=True)
+        return ran
 
 
 def _execute_in_order(names, reasons, *, profile, parameters, shared, force, progress) -> list[str]:

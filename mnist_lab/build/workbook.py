@@ -13,6 +13,7 @@ together only when the whole notebook has run.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from functools import cached_property
@@ -32,7 +33,7 @@ from ..experiments import Experiment, get_experiment
 from ..files import atomic_path, write_json, write_text
 from ..profiles import check_seeds, get_profile
 from . import provenance
-from .notebooks import SESSION_FILE, STAGING_VARIABLE
+from .notebooks import PROGRESS_FILE, SESSION_FILE, STAGING_VARIABLE
 from ..runs import Run, load_run, save_run, training_record
 from ..train import fit
 
@@ -95,12 +96,35 @@ class Workbook:
             # An interrupted run left its last completed epoch here; fit() resumes from it.
             checkpoint = directory.parent / f".{directory.name}.{key[:12]}.checkpoint.pt"
             result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
-                         limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint)
+                         limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint,
+                         **self._progress(experiment, seed))
             save_run(result, directory)
             checkpoint.unlink()
         self._runs[str(directory.relative_to(self.directory))] = key
         self._record_session()
         return load_run(directory)
+
+    def _progress(self, experiment: Experiment, seed: int) -> dict:
+        """Under the runner: text progress bars (the kept notebook shows where they ended) and one
+        line per finished epoch for the runner to print on the terminal. Explored by hand: as fit has it."""
+        if self.outputs == self.directory:
+            return {}
+        from tqdm.std import tqdm
+
+        images = self.profile.limit_train or len(self.data.train)
+        seconds: list[float] = []
+
+        def report(row: dict) -> None:
+            seconds.append(row["seconds"])
+            left = sum(seconds) / len(seconds) * (experiment.epochs - row["epoch"])
+            line = (f"{experiment.name} seed {seed}: epoch {row['epoch']}/{experiment.epochs}, "
+                    f"{images / row['train_seconds']:,.0f} images/s, loss {row['train_loss']:.4f}, "
+                    f"test accuracy {row['test_accuracy']:.2f}%, {left:.0f} s left")
+            with open(self.outputs / PROGRESS_FILE, "a") as log:
+                log.write(line + "\n")
+
+        # Drawn only when closed: each epoch leaves one line, its final state, in the kept notebook.
+        return {"bar": functools.partial(tqdm, delay=float("inf")), "on_epoch_end": report}
 
     def summarize(self, experiment_name: str) -> list[Run]:
         """The experiment's runs, with their headline numbers written as macros and printed.

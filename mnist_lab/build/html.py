@@ -1,0 +1,158 @@
+"""The workbook where people read it: offline HTML of every executed notebook, and an index.
+
+    artifacts/<profile>/html/<notebook>.html   one page per executed notebook (nbconvert, lab template)
+    artifacts/<profile>/index.html             the PDF, every notebook with its parameters, status,
+                                               run time and device, every figure as a thumbnail,
+                                               and what changed in the last run of each notebook
+
+Every page opens from file:// with no network: images are embedded, formulas are turned into
+MathML when the page is written (`latex2mathml`; browsers draw MathML themselves), widget
+outputs keep their text, and the template loads no script from another host. A page is
+rewritten only when its executed notebook changed; the index only when its text did.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from .. import paths
+from ..files import write_text
+from . import notebooks, provenance
+
+TEMPLATES = Path(__file__).with_name("templates")
+_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\$)(.+?)(?<!\\)\$", re.DOTALL)
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+_PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
+
+
+def html_dir(profile: str) -> Path:
+    return paths.profile_dir(profile) / "html"
+
+
+def _mathml(match: re.Match) -> str:
+    from latex2mathml.converter import convert
+
+    display, inline = match.group(1), match.group(2)
+    latex = (display or inline).strip()
+    try:
+        return convert(latex, display="block" if display is not None else "inline")
+    except Exception:  # a macro latex2mathml does not know: show the source rather than break the page
+        return f"<code>{html.escape(latex)}</code>"
+
+
+def _prepare(notebook) -> list[str]:
+    """Widget outputs to their text, the injected parameters out of the cells, and each formula
+    replaced by a placeholder; returns the formulas as MathML, in placeholder order. (The
+    Markdown renderer takes MathML apart, so it goes into the page after rendering.)"""
+    notebook.metadata.pop("widgets", None)
+    formulas: list[str] = []
+
+    def placeholder(match: re.Match) -> str:
+        formulas.append(_mathml(match))
+        return _PLACEHOLDER.format(len(formulas) - 1)
+
+    kept = []
+    for cell in notebook.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue  # shown in the page's header instead
+        if cell.cell_type == "markdown":
+            cell.source = _MATH.sub(placeholder, cell.source)
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop(_WIDGET, None)
+        kept.append(cell)
+    notebook.cells = kept
+    return formulas
+
+
+def export(name: str, profile: str) -> Path | None:
+    """Write html/<name>.html from the executed notebook, unless it is already newer than it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    source = notebooks.executed_path(name, profile)
+    target = html_dir(profile) / f"{name}.html"
+    if not source.is_file():
+        return None
+    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    notebook = nbformat.read(source, as_version=4)
+    formulas = _prepare(notebook)
+    record = provenance.read_record(profile, name) or {}
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
+    body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": {
+        "notebook": name, "parameters": record.get("parameters", {}), "device": record.get("device") or "?",
+        "when": record.get("started", "?").replace("T", " "), "seconds": f"{record.get('wall_seconds', 0):.0f}",
+    }})
+    body = re.sub(r"MNISTLABFORMULA(\d{5})X", lambda match: formulas[int(match.group(1))], body)
+    write_text(target, body)
+    return target
+
+
+def write_site(profile: str) -> Path:
+    """Every notebook's page (where stale or missing) and the index; returns the index's path."""
+    for name in notebooks.available():
+        export(name, profile)
+    index = paths.profile_dir(profile) / "index.html"
+    text = index_html(profile)
+    if not (index.is_file() and index.read_text() == text):
+        write_text(index, text)
+    return index
+
+
+def index_html(profile: str) -> str:
+    directory = paths.profile_dir(profile)
+    rows, galleries, changes = [], [], []
+    for name in notebooks.available():
+        record = provenance.read_record(profile, name)
+        page = f"html/{name}.html"
+        try:
+            reasons = notebooks.stale_as_run(name, profile)
+        except Exception as error:  # an unreadable notebook: the index still lists the rest
+            reasons = [str(error)]
+        status = "fresh" if not reasons else "stale: " + "; ".join(reasons)
+        link = f'<a href="{page}">{name}</a>' if (directory / page).is_file() else name
+        if record is None:
+            rows.append(f"<tr><td>{link}</td><td colspan=4>never run</td><td>{html.escape(status)}</td></tr>")
+            continue
+        parameters = ", ".join(f"<code>{html.escape(k)} = {html.escape(repr(v))}</code>"
+                               for k, v in record["parameters"].items())
+        rows.append(f"<tr><td>{link}</td><td>{parameters}</td><td>{html.escape(record['started'])}</td>"
+                    f"<td>{record['wall_seconds']:.0f} s</td><td>{html.escape(str(record.get('device')))}</td>"
+                    f"<td class=\"{'fresh' if not reasons else 'stale'}\">{html.escape(status)}</td></tr>")
+        figures = sorted(output for output in record["outputs"] if output.startswith("figures/") and output.endswith(".png"))
+        if figures:
+            thumbnails = "".join(f'<a href="{page}"><img src="{figure}" alt="{Path(figure).stem}" '
+                                 f'title="{Path(figure).stem}"></a>' for figure in figures)
+            galleries.append(f"<h3>{name}</h3><div class=gallery>{thumbnails}</div>")
+        changed = record.get("changes")
+        if changed and (changed["macros"] or changed["tables"]):
+            items = [f"<li><code>{html.escape(m)}</code> {html.escape(old)} &rarr; {html.escape(new)}</li>"
+                     for m, old, new in changed["macros"]]
+            items += [f"<li>table <code>{html.escape(t)}</code>: rows changed</li>" for t in changed["tables"]]
+            changes.append(f"<h3>{name}</h3><ul>{''.join(items)}</ul>")
+    pdf = ('<p><a href="report.pdf">The report (PDF)</a></p>' if (directory / "report.pdf").is_file()
+           else f"<p>No PDF yet: <code>mnist-lab report --profile {profile}</code> builds it.</p>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>mnist-lab: the {profile} workbook</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #1f2328; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #d0d7de; padding: 0.4em; text-align: left; vertical-align: top; }}
+.fresh {{ color: #1a7f37; }} .stale {{ color: #bc4c00; }}
+.gallery img {{ height: 110px; margin: 0.3em; border: 1px solid #d0d7de; }}
+</style></head>
+<body>
+<h1>mnist-lab: the {profile} workbook</h1>
+{pdf}
+<h2>Notebooks</h2>
+<table><tr><th>notebook</th><th>parameters</th><th>ran (UTC)</th><th>time</th><th>device</th><th>status</th></tr>
+{''.join(rows)}
+</table>
+<h2>What changed in each notebook's last run</h2>
+{''.join(changes) or '<p>No number or table of the report changed.</p>'}
+<h2>Figures</h2>
+{''.join(galleries) or '<p>No figures yet.</p>'}
+</body></html>
+"""

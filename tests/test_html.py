@@ -1,0 +1,100 @@
+"""The workbook where people read it: the offline pages in a real browser, the changes listed,
+and the training progress on the terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from mnist_lab.build import notebooks, provenance
+from mnist_lab.cli import main
+
+HAVE_BROWSER = shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
+needs_browser = pytest.mark.skipif(not HAVE_BROWSER, reason="chromium/chromedriver not installed: run `make browser`")
+# What the smoke profile trains, notebook by notebook (basic_cnn trains once, in q1_convolution).
+TRAINED = {"basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def _open(browser, page: Path) -> dict:
+    """Load `page` from file:// and report what a reader would see, and every request it made."""
+    browser.get_log("performance")  # drop what earlier pages logged
+    browser.get(page.as_uri())
+    images = browser.execute_script(
+        "return [...document.images].map(i => [i.getAttribute('src').slice(0, 60), i.complete && i.naturalWidth > 0])")
+    links = browser.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+    requests = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+    urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    return {"images": images, "links": links, "urls": urls, "errors": errors, "text": browser.find_element("tag name", "body").text,
+            "math": browser.execute_script("return document.querySelectorAll('math').length")}
+
+
+@needs_browser
+def test_the_index_and_every_notebook_page_read_offline(smoke_artifacts, browser):
+    index = smoke_artifacts / "index.html"
+    pages = [index, *sorted((smoke_artifacts / "html").glob("*.html"))]
+    assert [p.stem for p in pages[1:]] == notebooks.available()
+    for page in pages:
+        seen = _open(browser, page)
+        assert seen["images"] and all(loaded for _, loaded in seen["images"]), (page.name, seen["images"])
+        assert seen["errors"] == [], (page.name, seen["errors"])
+        outside = [url for url in seen["urls"] if not url.startswith(("file:", "data:"))]
+        assert outside == [], (page.name, outside)  # nothing leaves the machine
+        for link in seen["links"]:
+            target = urlparse(link)
+            assert target.scheme == "file" and Path(unquote(target.path)).is_file(), (page.name, link)
+    losses = _open(browser, smoke_artifacts / "html" / "q1_losses.html")
+    assert losses["math"] >= 20 and "$$" not in losses["text"] and "\\frac" not in losses["text"]
+    index_text = _open(browser, index)["text"]
+    assert all(name in index_text for name in notebooks.available()) and "fresh" in index_text
+
+
+def test_pages_show_parameters_as_a_header_and_progress_as_its_final_text(smoke_artifacts):
+    page = (smoke_artifacts / "html" / "q2_cnn.html").read_text()
+    assert 'class="mnist-lab-header"' in page and "seeds = [0]" in page
+    assert "injected-parameters" not in page  # the injected cell is the header now
+    assert "widget-view" not in page and " 0%|" not in page
+    assert re.search(r"cnn 1/2: 100%\|.*1000/1000 .*loss=[\d.]+, test_acc=[\d.]+%", page)  # the bar's final state
+    assert not re.search(r"<script[^>]+src=\"https?:", page)
+
+
+def test_the_terminal_shows_an_epoch_line_for_every_model_trained(smoke_artifacts):
+    printed = (smoke_artifacts.parent / "run-output.txt").read_text()
+    for experiment in TRAINED:
+        lines = re.findall(rf"^      {re.escape(experiment)} seed 0: epoch (\d)/2, [\d,]+ images/s, loss [\d.]+, "
+                           r"test accuracy [\d.]+%, \d+ s left$", printed, re.MULTILINE)
+        assert lines == ["1", "2"], (experiment, printed)
+
+
+def test_a_changed_result_is_listed_on_the_terminal_and_the_index(project, capsys):
+    before = (project / "artifacts" / "smoke" / "macros" / "trains.tex").read_text()
+    old = re.search(r"\\Accuracy\}\{([\d.]+)\}", before).group(1)
+    assert main(["run", "--profile", "smoke", "--no-progress", "trains", "-p", "seeds", "[1]"]) == 0
+    new = re.search(r"\\Accuracy\}\{([\d.]+)\}",
+                    (project / "artifacts" / "smoke" / "macros" / "trains.tex").read_text()).group(1)
+    assert new != old  # another seed, another accuracy
+    printed = capsys.readouterr().out
+    assert f"changed: Accuracy {old} → {new}" in printed
+    assert provenance.read_record("smoke", "trains")["changes"]["macros"] == [["Accuracy", old, new]]
+    index = (project / "artifacts" / "smoke" / "index.html").read_text()
+    assert f"<code>Accuracy</code> {old} &rarr; {new}" in index
