@@ -335,7 +335,11 @@ def build(profile: str, *, force: bool = False, verbose: bool = False, allow_sta
     if latexmk is None:
         raise LabError(f"latexmk not found, so the report cannot be built: {INSTALL_HINT}")
     with profile_lock(profile, "report"):
-        return _build(profile, latexmk, force=force, verbose=verbose, allow_stale=allow_stale)
+        built = _build(profile, latexmk, force=force, verbose=verbose, allow_stale=allow_stale)
+        from .html import write_site
+
+        write_site(profile)  # the index links the PDF
+        return built
 
 
 def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stale: bool) -> tuple[Path, bool]:
