@@ -93,10 +93,10 @@ def variant(base: str, overrides: dict) -> Experiment:
     and `get_experiment` rebuilds the same variant from the name alone.
     """
     experiment = get_experiment(base)
-    for field, value in overrides.items():
-        experiment = experiment.with_override(field, value)
-    labels = ",".join(f"{field.removeprefix('augmentation.')}={format_value(value)}"
-                      for field, value in sorted(overrides.items()))
+    for name, value in overrides.items():
+        experiment = experiment.with_override(name, value)
+    labels = ",".join(f"{name.removeprefix('augmentation.')}={format_value(value)}"
+                      for name, value in sorted(overrides.items()))
     return experiment.replace(name=f"{base}[{labels}]") if overrides else experiment
 
 

@@ -73,6 +73,18 @@ def make_notebook(path: Path, parameters: str, code: str) -> None:
     nbformat.write(notebook, path)
 
 
+def new_project(root: Path, notebooks: dict[str, tuple[str, str]]) -> Path:
+    """A copy of the package and data under `root`, with notebooks {name: (parameters cell, code)}."""
+    from mnist_lab import paths
+
+    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(paths.DATA, root / "data")
+    (root / "notebooks").mkdir()
+    for name, (parameters, code) in notebooks.items():
+        make_notebook(root / "notebooks" / f"{name}.ipynb", parameters, code)
+    return root
+
+
 def point_at(patch, root: Path) -> None:
     """Make this process and the kernels it starts use the tiny project's notebooks, artifacts and data."""
     from mnist_lab import paths
@@ -87,16 +99,11 @@ def point_at(patch, root: Path) -> None:
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory):
     """The tiny project, each notebook run once by the runner."""
-    from mnist_lab import paths
     from mnist_lab.build import notebooks
 
     root = tmp_path_factory.mktemp("project")
-    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(paths.DATA, root / "data")
-    (root / "notebooks").mkdir()
-    make_notebook(root / "notebooks" / "slow.ipynb",
-                  f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW)
-    make_notebook(root / "notebooks" / "trains.ipynb", 'profile = "smoke"\nseeds = [0]', TRAINS)
+    new_project(root, {"slow": (f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW),
+                       "trains": ('profile = "smoke"\nseeds = [0]', TRAINS)})
     with pytest.MonkeyPatch.context() as patch:
         point_at(patch, root)
         assert notebooks.execute_all(None, profile="smoke", progress=False) == ["slow", "trains"]

@@ -9,6 +9,8 @@ import pytest
 from mnist_lab import paths
 from mnist_lab.build import notebooks, provenance
 
+from conftest import new_project, point_at
+
 # Two tiny notebooks that use the Workbook as the real ones do, so a test runs in seconds.
 SOURCE = '''from mnist_lab.build.workbook import Workbook
 wb = Workbook("{name}", profile=profile)
@@ -18,31 +20,13 @@ wb.macro("{macro}", scale * 2)'''
 @pytest.fixture(scope="module")
 def executed_project(tmp_path_factory):
     """A copy of the project's package and data, two tiny notebooks, executed once by the runner."""
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(paths.ROOT / "mnist_lab", root / "mnist_lab", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(paths.DATA, root / "data")
-    (root / "notebooks").mkdir()
-    for name, macro in (("alpha", "Alpha"), ("beta", "Beta")):
-        notebook = nbformat.v4.new_notebook(cells=[
-            nbformat.v4.new_code_cell('profile = "smoke"  # which outputs\nscale = 1  # a number',
-                                      metadata={"tags": ["parameters"]}),
-            nbformat.v4.new_code_cell(SOURCE.format(name=name, macro=macro)),
-        ])
-        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(notebook, root / "notebooks" / f"{name}.ipynb")
+    root = new_project(tmp_path_factory.mktemp("project"), {
+        name: ('profile = "smoke"  # which outputs\nscale = 1  # a number', SOURCE.format(name=name, macro=macro))
+        for name, macro in (("alpha", "Alpha"), ("beta", "Beta"))})
     with pytest.MonkeyPatch.context() as patch:
-        _point_at(patch, root)
+        point_at(patch, root)
         assert notebooks.execute_all(None, profile="smoke", progress=False) == ["alpha", "beta"]
     return root
-
-
-def _point_at(patch, root):
-    # Kernels import the real package (its files are identical to the copy's); records name
-    # files relative to the root, and staleness is judged against the copy.
-    patch.setattr(paths, "NOTEBOOKS", root / "notebooks")
-    patch.setattr(paths, "ARTIFACTS", root / "artifacts")
-    patch.setenv("MNIST_LAB_ARTIFACTS", str(root / "artifacts"))
-    patch.setenv("MNIST_LAB_DATA", str(root / "data"))
 
 
 @pytest.fixture
@@ -50,7 +34,7 @@ def tiny_project(executed_project, tmp_path, monkeypatch):
     """A fresh copy of the executed project for one test to change."""
     root = tmp_path / "project"
     shutil.copytree(executed_project, root)
-    _point_at(monkeypatch, root)
+    point_at(monkeypatch, root)
     monkeypatch.setattr(paths, "ROOT", root)
     return root
 

@@ -73,7 +73,6 @@ def _tests() -> dict:
 def _train(name: str, seed: int = 0, **settings) -> dict:
     import torch
 
-    from ..data import load_mnist
     from ..experiments import get_experiment
     from ..train import fit
 
@@ -120,7 +119,7 @@ def _schedules() -> dict:
 
 def _notebooks(out: Path) -> dict:
     try:
-        import papermill  # noqa: F401
+        import papermill  # noqa: F401  (only whether it is there)
     except ImportError:
         return {"skipped": "papermill is not installed here (bring its wheels: see the README)"}
     from ..build import archive, notebooks

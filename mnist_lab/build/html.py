@@ -14,7 +14,6 @@ rewritten only when its executed notebook changed; the index only when its text 
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 

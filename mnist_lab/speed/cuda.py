@@ -107,6 +107,8 @@ class StepGraph:
     def _capture(self) -> torch.cuda.CUDAGraph:
         self.model.train()
         saved = [t.detach().clone() for t in self._state()]
+        saved_optimizer = {(id(p), key): value.clone() for p, state in self.optimizer.state.items()
+                           for key, value in state.items() if isinstance(value, torch.Tensor)}  # a resumed run's
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -119,10 +121,11 @@ class StepGraph:
         with torch.no_grad():  # undo the warm-up: the weights, BatchNorm's statistics, the optimizer's state
             for tensor, value in zip(self._state(), saved):
                 tensor.copy_(value)
-            for state in self.optimizer.state.values():
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
+            for parameter, state in self.optimizer.state.items():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):  # as it was, or as new (zeros: Adam's first step)
+                        before = saved_optimizer.get((id(parameter), key))
+                        value.copy_(before) if before is not None else value.zero_()
         return graph
 
     def _state(self) -> list[torch.Tensor]:
