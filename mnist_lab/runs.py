@@ -25,10 +25,6 @@ from .experiments import Experiment
 from .files import atomic_dir, write_json
 from .train import RunResult, resolve_precision
 
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "provenance.json",
-             "model.pt")
-
-
 def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
                     limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
                     fast: bool = True, cuda_graphs: bool = False) -> dict:

@@ -57,3 +57,23 @@ def test_train_writes_a_run_directory(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["seed"], config["train_size"], config["test_size"]) == (3, 256, 128)
     assert config["experiment"]["epochs"] == 1
+
+
+def test_the_parsers_choices_match_the_registries():
+    # cli.py spells them out so that `--help` and typos answer without importing torch.
+    from mnist_lab import cli
+    from mnist_lab.bench.benchmark import MODELS as BENCH_MODELS
+    from mnist_lab.device import DEVICES
+    from mnist_lab.experiments import EXPERIMENTS
+    from mnist_lab.profiles import PROFILES
+
+    assert cli.EXPERIMENT_NAMES == tuple(EXPERIMENTS)
+    assert cli.PROFILE_NAMES == tuple(PROFILES)
+    assert cli.DEVICES == DEVICES
+    assert cli.BENCH_MODELS == BENCH_MODELS
+
+
+def test_help_answers_without_importing_torch():
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom mnist_lab.cli import build_parser\n"
+                           "build_parser()\nprint('torch' in sys.modules)"], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
