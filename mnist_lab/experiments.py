@@ -107,8 +107,10 @@ ROTATE = Augmentation(max_rotation=10.0)
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in [
-        # Table 1: plain SGD without momentum, no augmentation.
-        Experiment("basic_cnn", model="basic_cnn", optimizer="sgd", lr=0.01, epochs=3),
+        # Table 1: plain SGD without momentum, no augmentation. The report gives no batch size;
+        # 128 reproduces its slower first epoch (82.69% training accuracy), where 64 learns too
+        # fast and 256 too slowly: measured in the Q2 notebook's calibration study.
+        Experiment("basic_cnn", model="basic_cnn", optimizer="sgd", lr=0.01, epochs=3, batch_size=128),
         # Table 2. The report *says* it used random flipping and rotation, but its numbers
         # match rotation alone (a mirrored digit is a different digit or none; the Q2
         # notebook's ablation trains both and sets them beside Table 2). The tables therefore

@@ -129,9 +129,13 @@ def _submit(todo: list[Task], profile: str, address: str | None, device: str, cp
     from .data import load_mnist
 
     settings = get_profile(profile)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray stays on loopback
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]} if address else None)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # an existing cluster: the package travels with the tasks
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]})
+    else:  # Ray started here, for this sweep, listening on loopback only (its default is the machine's address)
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
     try:
         resources = ray.cluster_resources()
         # One run per GPU; on CPUs, one run at a time with every core (measured: docs/performance.md).

@@ -26,7 +26,7 @@ def _model_and_optimizer(name: str, captured: bool):
     return model, optimizer, experiment
 
 
-@pytest.mark.parametrize("images", [512, 500])  # 500 = 7 full batches of 64 and one of 52
+@pytest.mark.parametrize("images", [512, 500])  # 500 = 3 full batches of 128 and one of 116
 def test_the_graph_step_trains_as_the_trainers_loop_does(small_mnist, images):
     data = small_mnist.train.head(images)
     results = []
@@ -34,7 +34,8 @@ def test_the_graph_step_trains_as_the_trainers_loop_does(small_mnist, images):
         model, optimizer, experiment = _model_and_optimizer("basic_cnn", captured=graphed)
         generator = torch.Generator().manual_seed(0)
         if graphed:
-            steps = StepGraph(model, optimizer, data, batch_size=64, augmentation=experiment.augmentation,
+            steps = StepGraph(model, optimizer, data, batch_size=experiment.batch_size,
+                              augmentation=experiment.augmentation,
                               autocast=contextlib.nullcontext(), layout=torch.contiguous_format, capture=False)
             order = torch.randperm(len(data), generator=generator)
             results.append((*steps.run_epoch(order), model.fc2.weight.detach().clone()))

@@ -71,7 +71,9 @@ def test_experiments_carry_the_report_recipes():
     assert EXPERIMENTS["cnn_flip"].augmentation.hflip
     vit = EXPERIMENTS["vit"]
     assert (vit.optimizer, vit.lr, vit.weight_decay, vit.lr_step, vit.epochs) == ("adamw", 1e-3, 1e-4, 3, 10)
-    assert all(e.batch_size == 64 for e in EXPERIMENTS.values())
+    # The report gives no batch size: 64, except the basic CNN's 128 (its calibration study).
+    assert {name: e.batch_size for name, e in EXPERIMENTS.items()} == {
+        "basic_cnn": 128, "cnn": 64, "cnn_flip": 64, "mobilenet": 64, "vit": 64}
 
 
 def test_experiment_overrides_are_checked():

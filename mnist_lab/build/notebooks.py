@@ -64,8 +64,9 @@ def check_parameters(name: str, parameters: dict) -> None:
                 f"notebook {name}: parameter {key!r} must be {type(declared[key]).__name__} "
                 f"like {declared[key]!r}, got {value!r}"
             )
-    if "seeds" in parameters:
-        check_seeds(parameters["seeds"])
+    for key, value in parameters.items():
+        if key.endswith("seeds"):  # seeds, calibration_seeds
+            check_seeds(value)
 
 
 def _same_shape(value, default) -> bool:

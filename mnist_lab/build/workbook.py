@@ -76,9 +76,9 @@ class Workbook:
 
     # ---- training runs -------------------------------------------------------------
 
-    def runs(self, experiment_name: str) -> list[Run]:
-        """One run per seed of the named experiment under this profile."""
-        return [self.run(experiment_name, seed) for seed in self.seeds]
+    def runs(self, experiment_name: str, seeds: list[int] | None = None) -> list[Run]:
+        """One run per seed (the notebook's, or those given) of the named experiment under this profile."""
+        return [self.run(experiment_name, seed) for seed in (check_seeds(seeds) if seeds else self.seeds)]
 
     def recipe(self, experiment_name: str) -> Experiment:
         """The experiment as this profile trains it (the smoke profile caps the epochs)."""
