@@ -113,10 +113,15 @@ def built_project(tmp_path_factory):
 @pytest.fixture
 def project(built_project, tmp_path, monkeypatch):
     """A fresh copy of the built tiny project for one test to change."""
+    return copy_project(built_project, tmp_path, monkeypatch)
+
+
+def copy_project(built: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A fresh copy of a built tiny project, with this process and its kernels pointed at it."""
     from mnist_lab import paths
 
     root = tmp_path / "project"
-    shutil.copytree(built_project, root)
+    shutil.copytree(built, root)
     point_at(monkeypatch, root)
     monkeypatch.setattr(paths, "ROOT", root)
     return root

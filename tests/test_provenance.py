@@ -1,15 +1,13 @@
 """Provenance records and staleness: what makes a notebook's artifacts stale, and what does not."""
 
 import json
-import shutil
 
 import nbformat
 import pytest
 
-from mnist_lab import paths
 from mnist_lab.build import notebooks, provenance
 
-from conftest import new_project, point_at
+from conftest import copy_project, new_project, point_at
 
 # Two tiny notebooks that use the Workbook as the real ones do, so a test runs in seconds.
 SOURCE = '''from mnist_lab.build.workbook import Workbook
@@ -32,11 +30,7 @@ def executed_project(tmp_path_factory):
 @pytest.fixture
 def tiny_project(executed_project, tmp_path, monkeypatch):
     """A fresh copy of the executed project for one test to change."""
-    root = tmp_path / "project"
-    shutil.copytree(executed_project, root)
-    point_at(monkeypatch, root)
-    monkeypatch.setattr(paths, "ROOT", root)
-    return root
+    return copy_project(executed_project, tmp_path, monkeypatch)
 
 
 def _status(**kwargs):
