@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on a GPU, deterministic kernels only (slower); the CPU always is")
     train.add_argument("--faithful", action="store_true",
                        help="train the report's code exactly: none of the trainer's speed-ups (mnist_lab/speed)")
-    train.add_argument("--cuda-graphs", action="store_true",
-                       help="on a GPU, capture each training step as a CUDA graph (new: not yet the default)")
+    train.add_argument("--no-cuda-graphs", action="store_true",
+                       help="on a GPU, train step by step instead of replaying each step as a CUDA graph")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = commands.add_parser("run", help="execute the notebooks with papermill, regenerating tables and figures")
@@ -216,7 +216,7 @@ def _train(args) -> None:
     result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
                  limit_train=args.limit_train, limit_test=args.limit_test, data=data,
                  progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic,
-                 fast=not args.faithful, cuda_graphs=args.cuda_graphs)
+                 fast=not args.faithful, cuda_graphs=not args.no_cuda_graphs)
     save_run(result, out)
     checkpoint.unlink()
     metrics = result.metrics

@@ -23,17 +23,18 @@ from .build import provenance
 from .errors import LabError
 from .experiments import Experiment
 from .files import atomic_dir, write_json
-from .train import RunResult, resolve_precision
+from .train import RunResult, resolve_precision, uses_cuda_graphs
 
 def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
                     limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
-                    fast: bool = True, cuda_graphs: bool = False) -> dict:
+                    fast: bool = True, cuda_graphs: bool = True) -> dict:
     """What a run of these settings depends on, and its fingerprint: the cache key of a run."""
     device_type = torch.device(device).type
     return provenance.run_record(experiment=experiment.to_dict(), seed=seed, device=device_type,
                                  precision=resolve_precision(precision, device_type), limit_train=limit_train,
                                  limit_test=limit_test, deterministic=deterministic, fast=fast,
-                                 **({"cuda_graphs": True} if cuda_graphs else {}))
+                                 **({"cuda_graphs": True} if uses_cuda_graphs(device_type, fast=fast,
+                                                                              cuda_graphs=cuda_graphs) else {}))
 
 
 def result_record(result: RunResult) -> dict:

@@ -1,8 +1,9 @@
 """The CUDA-graph training step (`speed.cuda`), checked where it can be: run eagerly on the CPU.
 
-Capture itself needs a GPU (`make gpu-check` runs it there); what it records is the same
-`StepGraph._step` that these tests run, so the gather by device-side position, the sums, the
-last partial batch and the tensor learning rate are checked here.
+Capture itself needs a GPU: the tests marked `device` replay captured graphs there (`make
+gpu-check` runs them first) and skip elsewhere. What a graph records is the same
+`StepGraph._step` that the CPU tests run, so the gather by device-side position, the sums, the
+last partial batch and the tensor learning rate are checked on every machine.
 """
 
 import contextlib
@@ -15,6 +16,8 @@ from mnist_lab.models import create_model
 from mnist_lab.speed.cuda import CapturableSGD, StepGraph, captured_optimizer
 from mnist_lab.train import _train_epoch, make_optimizer
 from tqdm import tqdm
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (`make gpu-check`)")
 
 
 def _model_and_optimizer(name: str, captured: bool):
@@ -47,6 +50,45 @@ def test_the_graph_step_trains_as_the_trainers_loop_does(small_mnist, images):
     (loss_a, accuracy_a, weight_a), (loss_b, accuracy_b, weight_b) = results
     assert loss_b == pytest.approx(loss_a, rel=1e-5) and accuracy_b == accuracy_a
     torch.testing.assert_close(weight_b, weight_a)
+
+
+@pytest.mark.device
+@needs_cuda
+@pytest.mark.parametrize("name", ["basic_cnn", "mobilenet"])  # no dropout or augmentation draws
+def test_a_captured_graph_replays_the_eager_step(small_mnist, name):
+    """The warm-up before capture is undone and each replay is the eager step. With SGD, whose
+    update is linear in the gradient: under Adam a mathematically zero gradient (a convolution's
+    bias before BatchNorm) becomes a whole learning rate's step of either sign, as seen on an H200,
+    so its agreement is checked by the schedule's accuracies in `make gpu-check` instead."""
+    data = small_mnist.train.head(500).to("cuda")  # 3 replays of 128 (or 7 of 64) and an eager partial batch
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).cuda()
+    results = []
+    for capture in (False, True):
+        torch.manual_seed(0)
+        model = create_model(name).cuda()
+        experiment = get_experiment(name)
+        optimizer = captured_optimizer(model, "sgd", experiment.lr, experiment.weight_decay)
+        steps = StepGraph(model, optimizer, data, batch_size=experiment.batch_size,
+                          augmentation=experiment.augmentation, autocast=contextlib.nullcontext(),
+                          layout=torch.contiguous_format, capture=capture)
+        loss, accuracy = steps.run_epoch(order)
+        results.append((loss, accuracy, [t.detach().clone() for t in (*model.parameters(), *model.buffers())]))
+    (loss_a, accuracy_a, state_a), (loss_b, accuracy_b, state_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-4) and accuracy_b == pytest.approx(accuracy_a, abs=0.5)
+    for a, b in zip(state_a, state_b):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.device
+@needs_cuda
+def test_fit_with_cuda_graphs_follows_the_eager_trainer(small_mnist):
+    from mnist_lab.train import fit
+
+    experiment = get_experiment("basic_cnn").with_override("epochs", 2)
+    histories = [fit(experiment, device="cuda", precision="fp32", data=small_mnist, progress=False,
+                     cuda_graphs=graphs).history for graphs in (False, True)]
+    for column in ("train_loss", "test_loss"):
+        assert histories[1][column].tolist() == pytest.approx(histories[0][column].tolist(), rel=1e-3)
 
 
 def test_a_tensor_learning_rate_follows_step_lr():

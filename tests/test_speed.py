@@ -36,6 +36,7 @@ def _training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
             **{f"buffer {n}": b.clone() for n, b in model.named_buffers()}}
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", MODELS)
 def test_accelerated_model_agrees_on_outputs_gradients_and_statistics(name, device):

@@ -15,8 +15,9 @@ What capture needs, and where it comes from:
 - warm-up steps before capture (allocations, cuDNN's choices, the optimizer's state), undone
   afterwards so that the first real step starts from the model as initialised.
 
-Not yet run on a GPU: off by default (`fit(cuda_graphs=True)`, `mnist-lab train --cuda-graphs`).
-On the CPU, `capture=False` runs the same step eagerly, which is how the tests check it.
+The trainer uses it on CUDA's fast path (`fit(cuda_graphs=False)`, `mnist-lab train
+--no-cuda-graphs` keep the eager loop). On the CPU, `capture=False` runs the same step eagerly,
+which is how the tests check it there; on a GPU they also replay captured graphs.
 """
 
 from __future__ import annotations
