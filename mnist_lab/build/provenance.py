@@ -8,7 +8,9 @@ The one place that says what an artifact depends on; the training cache, `mnist-
   record; a cached run is reused only while a fresh record has the same fingerprint, so
   changing a plot never retrains a model and changing a hyperparameter retrains exactly
   that model. The training code is derived from the package, not listed by hand: the
-  modules `train.py` imports, transitively, and every file of a subpackage among them.
+  modules `train.py` imports, transitively, and every file of a subpackage among them, less
+  `experiments.py`, whose whole effect on a run, the recipe, is in the record field by field
+  (were the file training code, editing one recipe would retrain every model).
 * A notebook's *record* (artifacts/<profile>/provenance/<notebook>.json), written when a
   run of the notebook is committed: its parameters, the hash of its code cells, of each
   package file it imported and of every artifact it wrote, the fingerprints of the training
@@ -29,7 +31,8 @@ from .. import paths
 from ..data import MD5
 from ..errors import LabError
 
-TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code
+TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code,
+RECORDED_AS_INPUTS = {"mnist_lab.experiments"}  # except what a run's record holds as data
 
 
 def file_hash(path: str | Path) -> str:
@@ -83,7 +86,7 @@ def training_sources() -> list[Path]:
             queue.append(parent)  # importing a.b.c runs a/b/__init__.py
         queue.extend(_imports(_module_file(module), module) - seen)
     files = set()
-    for module in seen:
+    for module in seen - RECORDED_AS_INPUTS:
         path = _module_file(module)
         if path.name == "__init__.py" and module != "mnist_lab":
             files.update(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)

@@ -43,6 +43,11 @@ def screening(name: str, epochs: int) -> str:
     return get_experiment(f"{base}[{overrides + ',' if overrides else ''}epochs={epochs}]").name
 
 
+def same_recipe(a: str, b: str) -> bool:
+    """Whether two experiment names train the same recipe (a variant may spell out its base's values)."""
+    return get_experiment(a).replace(name="") == get_experiment(b).replace(name="")
+
+
 def _spread(values: np.ndarray, digits: int) -> str:
     std = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
