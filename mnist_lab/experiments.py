@@ -122,10 +122,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         # test accuracy from epoch 2 on (99.38% vs 98.88%) points to none.
         Experiment("mobilenet", model="mobilenet", optimizer="adam", lr=1e-3, epochs=5),
         # Table 4: AdamW with a tenfold learning-rate drop every 3 epochs. The report is silent
-        # on augmentation; its training accuracy stays below the test accuracy all along
-        # (96.95% vs 98.90%), which dropout alone hardly explains, so the ViT gets the rotation too.
+        # on the ViT's augmentation; its training accuracy stays below the test accuracy all
+        # along (96.95% vs 98.90%). Flip and rotation, as its CNN section words it, come clearly
+        # closest to Table 4 of four recipes (the Q3 notebook's calibration study, 3 seeds):
+        # unlike Table 2, whose numbers match rotation alone.
         Experiment("vit", model="vit", optimizer="adamw", lr=1e-3, epochs=10, weight_decay=1e-4,
-                   lr_step=3, lr_gamma=0.1, augmentation=ROTATE),
+                   lr_step=3, lr_gamma=0.1, augmentation=Augmentation(hflip=True, max_rotation=10.0)),
     ]
 }
 
