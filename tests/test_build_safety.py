@@ -43,9 +43,12 @@ def _start_slow(project: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def _start(*args: str, **kwargs) -> subprocess.Popen:
-    """`mnist-lab ARGS` in its own process group, as a terminal would start it."""
+    """`mnist-lab ARGS` in its own process group, as a terminal would start it: with Ctrl-C's
+    default action even where the suite itself was started in the background, which leaves
+    SIGINT ignored for everything it starts."""
     return subprocess.Popen([sys.executable, "-m", "mnist_lab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def _wait_for(condition, timeout: float = 120) -> None:
