@@ -25,6 +25,7 @@ from .experiments import Experiment
 from .files import atomic_dir, write_json
 from .train import RunResult, resolve_precision, uses_cuda_graphs
 
+
 def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
                     limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
                     fast: bool = True, cuda_graphs: bool = True) -> dict:
