@@ -5,6 +5,9 @@ the optimizer's and scheduler's state, the random generators (batch order, augme
 dropout) and the history so far. A run started again with the same checkpoint file picks
 up where the last one stopped and, on the CPU, ends with the same numbers as a run that
 was never interrupted.
+
+A checkpoint is read with `weights_only=True`: tensors and plain containers only, so a file
+planted in the artifacts folder can hold wrong numbers at worst, never code that runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import LabError
 from .files import atomic_path
 
 
@@ -40,8 +44,12 @@ def restore(path: Path | None, *, identity: dict, model, optimizer, scheduler, g
     """
     if path is None or not Path(path).exists():
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["identity"] != json.dumps(identity, sort_keys=True, default=str):
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a checkpoint, or one holding more than tensors and containers
+        raise LabError(f"{path} is not a checkpoint this project wrote ({type(error).__name__}); "
+                       "delete it to train from the start") from None
+    if not isinstance(state, dict) or state.get("identity") != json.dumps(identity, sort_keys=True, default=str):
         return 0, []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

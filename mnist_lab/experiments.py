@@ -10,6 +10,7 @@ from .errors import LabError
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+NOT_RECIPE = ("name",)  # an experiment's label: a variant's is built from its validated overrides
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Experiment:
     def with_override(self, field: str, value) -> Experiment:
         """A copy with one field changed: an experiment field (`lr`) or an augmentation one
         (`hflip`, or `augmentation.hflip`), with `replace`'s checks."""
+        if field in NOT_RECIPE:
+            raise LabError(f"{field!r} is a label, not part of a recipe, and cannot be overridden; "
+                           "a variant is named after the fields it changes")
         leaf = field.removeprefix("augmentation.")
         augmentation_fields = {f.name for f in dataclasses.fields(Augmentation)}
         if leaf in augmentation_fields and (field != leaf or leaf not in {f.name for f in dataclasses.fields(self)}):

@@ -20,3 +20,24 @@ ARTIFACTS = Path(os.environ.get("MNIST_LAB_ARTIFACTS") or ROOT / "artifacts")
 def profile_dir(profile: str) -> Path:
     """Where one profile's outputs live: a smoke run never touches the full run's files."""
     return ARTIFACTS / profile
+
+
+def inside(folder: Path, relative, what: str = "path") -> Path:
+    """`folder / relative`, refused unless it stays inside `folder`.
+
+    Names and records that come from outside (an archive, a run directory another machine
+    wrote, a variant's name) are labels, never paths: a relative path with `..`, an absolute
+    one, or one that passes through a symbolic link could reach a file the project did not make.
+    """
+    from .errors import LabError
+
+    text = str(relative) if isinstance(relative, (str, Path)) else None
+    parts = Path(text).parts if text else ()
+    if not parts or Path(text).is_absolute() or any(part in ("..", ".") for part in parts) or "\0" in text:
+        raise LabError(f"{what} {relative!r} does not stay inside {folder}; refused")
+    current = Path(folder)
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            raise LabError(f"{what} {relative!r} passes through the link {current}; refused")
+    return current

@@ -29,12 +29,15 @@ PROFILES = {
 }
 
 
+MAX_SEED = 2**32 - 1  # what every generator takes (torch's own reaches 2**64 - 1, numpy's 2**32 - 1)
+
+
 def check_seeds(seeds) -> list[int]:
-    """Seeds are a non-empty list of distinct non-negative integers (each trains one run)."""
+    """Seeds are a non-empty list of distinct integers from 0 to MAX_SEED (each trains one run)."""
     if not isinstance(seeds, (list, tuple)) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
     ):
-        raise LabError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+        raise LabError(f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise LabError(f"seeds must be distinct, got {list(seeds)!r}")
     return list(seeds)

@@ -6,8 +6,12 @@
     <run>/predictions.csv   test-set label and predicted class, for confusion matrices
     <run>/environment.json  torch and CUDA versions, device, threads
     <run>/provenance.json   what made it (`build.provenance.run_record`): inputs, code and data
-                            hashes, fingerprint; git commit, wall time
+                            hashes, fingerprint; the hash of every other file here; git commit, wall time
     <run>/model.pt          the trained weights (state_dict)
+
+A run directory may come from another machine (an archive, a sweep's worker), so it is
+verified, not trusted: its files must be exactly these, each with the hash its record holds,
+and the weights are read with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import paths
 from .build import provenance
 from .errors import LabError
 from .experiments import Experiment
@@ -46,17 +51,30 @@ def result_record(result: RunResult) -> dict:
                            fast=settings["fast"], cuda_graphs=settings.get("cuda_graphs", False))
 
 
-def is_run_directory(directory: Path) -> bool:
-    return directory.is_dir() and all((directory / name).is_file() for name in ("config.json", "provenance.json"))
+def run_directory(runs: Path, experiment_name: str, seed: int) -> Path:
+    """Where the run of `experiment_name` and `seed` lives under `runs`: the name is a label, and
+    one that is not a plain folder name (a `/`, `..`, a leading dot) is refused, never followed."""
+    if (not isinstance(experiment_name, str) or not experiment_name or experiment_name.startswith(".")
+            or any(char in experiment_name for char in "/\\\0")):
+        raise LabError(f"experiment name {experiment_name!r} cannot name a run directory")
+    return paths.inside(runs, f"{experiment_name}/seed{int(seed)}", "run directory")
 
 
 def check_replaceable(directory: str | Path) -> None:
-    """`save_run` may write `directory`: absent, empty, or an earlier run directory; never the user's files."""
+    """`save_run` may write `directory`: absent, empty, or a run directory holding exactly the
+    files a run writes; never the user's own files, which are named in the refusal."""
     directory = Path(directory)
-    if directory.is_file() or (directory.exists() and not directory.is_dir()):
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
         raise LabError(f"{directory} is a file, not a run directory; choose a new folder for the run")
-    if directory.is_dir() and any(directory.iterdir()) and not is_run_directory(directory):
-        raise LabError(f"{directory} holds files that are not a training run; choose a new or empty folder")
+    if directory.is_dir():
+        entries = sorted(directory.iterdir())
+        foreign = [p.name for p in entries if p.name not in provenance.RUN_FILES or p.is_symlink() or not p.is_file()]
+        if foreign:
+            raise LabError(f"{directory} holds files that are not a training run ({foreign[0]}); "
+                           "choose a new or empty folder")
+        if entries and not (directory / "provenance.json").is_file():
+            raise LabError(f"{directory} holds files that are not a training run (no provenance.json); "
+                           "choose a new or empty folder")
     for parent in directory.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -79,10 +97,11 @@ def save_run(result: RunResult, directory: str | Path) -> Path:
             staging / "predictions.csv", index=False
         )
         write_json(staging / "environment.json", result.environment)
-        write_json(staging / "provenance.json", {
-            **record, "git": provenance.git_state(), "wall_seconds": round(float(result.history["seconds"].sum()), 2),
-        })
         torch.save(result.model.state_dict(), staging / "model.pt")
+        write_json(staging / "provenance.json", {  # last: it holds the hash of every other file
+            **record, "files": provenance.run_file_hashes(staging), "git": provenance.git_state(),
+            "wall_seconds": round(float(result.history["seconds"].sum()), 2),
+        })
     return directory
 
 
@@ -99,7 +118,11 @@ class Run:
 
 
 def load_run(directory: str | Path) -> Run:
+    """Read a run directory back, after checking every file against its record."""
     directory = Path(directory)
+    problems = provenance.run_file_problems(directory)
+    if problems:
+        raise LabError(f"the run in {directory} cannot be used: {problems[0]}; train it again")
     read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
     return Run(
         directory=directory,
@@ -117,5 +140,10 @@ def load_model(run: Run, device: str | torch.device = "cpu") -> torch.nn.Module:
 
     experiment = run.config["experiment"]
     model = create_model(experiment["model"], **experiment["model_args"])
-    model.load_state_dict(torch.load(run.directory / "model.pt", map_location=device))
+    try:
+        state = torch.load(run.directory / "model.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as error:  # verified by hash at load_run, so this is a run from other code
+        raise LabError(f"{run.directory / 'model.pt'} does not hold this model's weights "
+                       f"({type(error).__name__}); train the run again") from None
     return model.to(device).eval()

@@ -22,6 +22,8 @@ def _one_line_error(capsys):
         (["train", "cnn", "--epochs", "three"], "expected a positive integer, got 'three'"),
         (["train", "cnn", "--epochs", "0"], "expected a positive integer, got 0"),
         (["train", "cnn", "--device", "tpu"], "invalid choice: 'tpu'"),
+        (["train", "cnn", "--seed", "99999999999999999999"], "expected an integer from 0 to 4294967295"),
+        (["run", "--seeds", "0", "4294967296"], "expected an integer from 0 to 4294967295"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
@@ -65,12 +67,13 @@ def test_the_parsers_choices_match_the_registries():
     from mnist_lab.bench.benchmark import MODELS as BENCH_MODELS
     from mnist_lab.device import DEVICES
     from mnist_lab.experiments import EXPERIMENTS
-    from mnist_lab.profiles import PROFILES
+    from mnist_lab.profiles import MAX_SEED, PROFILES
 
     assert cli.EXPERIMENT_NAMES == tuple(EXPERIMENTS)
     assert cli.PROFILE_NAMES == tuple(PROFILES)
     assert cli.DEVICES == DEVICES
     assert cli.BENCH_MODELS == BENCH_MODELS
+    assert cli.MAX_SEED == MAX_SEED
 
 
 def test_help_answers_without_importing_torch():

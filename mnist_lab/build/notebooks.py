@@ -107,10 +107,18 @@ def effective_parameters(name: str, profile: str, parameters: dict | None = None
 
 def status(name: str, profile: str, parameters: dict | None = None, shared: dict | None = None) -> list[str]:
     """Why the notebook's artifacts are stale under these parameters (empty: fresh)."""
-    return provenance.staleness(
+    return _unreadable_record(name, profile) or provenance.staleness(
         provenance.read_record(profile, name), notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
         parameters=effective_parameters(name, profile, parameters, shared), profile_dir=paths.profile_dir(profile),
     )
+
+
+def _unreadable_record(name: str, profile: str) -> list[str]:
+    """A record that exists but cannot be used (cut short, another shape) makes the notebook stale, saying so."""
+    path = provenance.record_path(profile, name)
+    if path.exists() and provenance.read_record(profile, name) is None:
+        return [f"its provenance record {path.name} is unreadable"]
+    return []
 
 
 def stale_as_run(name: str, profile: str) -> list[str]:
@@ -120,7 +128,7 @@ def stale_as_run(name: str, profile: str) -> list[str]:
     seeds or device its notebooks were run with, as long as nothing else changed since.
     """
     record = provenance.read_record(profile, name)
-    return provenance.staleness(
+    return _unreadable_record(name, profile) or provenance.staleness(
         record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
         parameters=record["parameters"] if record else {}, profile_dir=paths.profile_dir(profile),
     )
@@ -286,17 +294,44 @@ def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: 
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
         "changes": _changes(directory, staging, staged),
     }
+    record_file = provenance.record_path(profile, name).relative_to(directory)
+    _check_destinations(name, directory, [*staged, record_file])  # all of them, before the first move
     with _no_interruption():
         for relative in staged:
             (directory / relative).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / relative, directory / relative)
         for relative in set(previous["outputs"]) - set(record["outputs"]):  # made by the previous run, not this one
-            (directory / relative).unlink(missing_ok=True)
+            _remove_output(directory, relative)
         write_json(provenance.record_path(profile, name), record)
         failed_path(name, profile).unlink(missing_ok=True)
         failed_path(name, profile).with_suffix(".kernel.log").unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return record["changes"]
+
+
+def _check_destinations(name: str, directory: Path, relatives: list[Path]) -> None:
+    """Refuse to commit, with the previous set whole, if any output could not be put in place:
+    a file where a folder should be, a folder or a link where a file should be."""
+    for relative in relatives:
+        target = paths.inside(directory, relative, "output")
+        for folder in [*reversed(target.relative_to(directory).parents[:-1]), None]:
+            path = target if folder is None else directory / folder
+            wrong = path.exists() and (not path.is_file() if folder is None else not path.is_dir())
+            if wrong:
+                raise LabError(f"notebook {name} ran, but its outputs cannot be put in place: {path} is "
+                               f"{'not a regular file' if folder is None else 'not a folder'}; move it away and "
+                               "run again (previous artifacts intact)")
+
+
+def _remove_output(directory: Path, relative: str) -> None:
+    """Remove an output the previous run made and this one did not: only a regular file inside
+    the profile. The previous record may have come from elsewhere; anything else stays."""
+    try:
+        path = paths.inside(directory, relative, "output")
+    except LabError:
+        return
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
 
 
 def _check_name(name: str) -> None:

@@ -108,13 +108,47 @@ def run_record(**inputs) -> dict:
     return record
 
 
+# The files a run directory holds: its record, and what the record vouches for by hash.
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "model.pt",
+             "provenance.json")
+
+
+def run_file_hashes(run_directory: Path) -> dict[str, str]:
+    return {name: file_hash(Path(run_directory) / name) for name in RUN_FILES if name != "provenance.json"}
+
+
 def read_run_record(run_directory: Path) -> dict | None:
+    """A run's provenance.json, or None where there is none or it is not a record of this project's."""
     path = Path(run_directory) / "provenance.json"
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
     except (OSError, ValueError):
         return None
-    return record if "fingerprint" in record and "inputs" in record else None
+    fields = {"fingerprint": str, "inputs": dict, "code": dict, "data": dict}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return None
+    return record
+
+
+def run_file_problems(run_directory: Path) -> list[str]:
+    """What is wrong with a run directory's files against its record: missing, changed since the
+    run, or not a file a run writes. Empty: every file is the one the run wrote."""
+    directory = Path(run_directory)
+    record = read_run_record(directory)
+    if record is None:
+        return ["provenance.json is missing or unreadable"]
+    hashes = record.get("files")
+    if not isinstance(hashes, dict) or set(hashes) != set(RUN_FILES) - {"provenance.json"}:
+        return ["its record lists no hash for each of its files (made by an older version)"]
+    problems = []
+    for name, digest in sorted(hashes.items()):
+        path = directory / name
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{name} is missing")
+        elif file_hash(path) != digest:
+            problems.append(f"{name} changed since the run")
+    problems += [f"{p.name} is not a file a run writes" for p in sorted(directory.iterdir()) if p.name not in RUN_FILES]
+    return problems
 
 
 def run_staleness(run_directory: Path, fingerprint: str | None = None) -> list[str]:
@@ -128,6 +162,9 @@ def run_staleness(run_directory: Path, fingerprint: str | None = None) -> list[s
         return [f"{name} is missing"]
     if fingerprint is not None and record["fingerprint"] != fingerprint:
         return [f"{name} was retrained"]
+    problems = run_file_problems(run_directory)
+    if problems:
+        return [f"{name}: {problem}" for problem in problems]
     now = run_record(**record["inputs"])
     if now["fingerprint"] == record["fingerprint"]:
         return []
@@ -148,10 +185,19 @@ def _relative_to_profile(run_directory: Path) -> str:
 
 
 def read_notebook(path: str | Path) -> dict:
+    """The notebook, checked against Jupyter's own schema (nbformat): a file that is JSON but
+    not a notebook (`[]`, cells that are not a list, a cell without source) is one clear line."""
+    import nbformat
+
     try:
-        return json.loads(Path(path).read_text())
+        notebook = nbformat.reads(Path(path).read_text(), as_version=4)
+        nbformat.validate(notebook)
     except ValueError as error:
         raise LabError(f"{path} is not a valid notebook (not JSON: {error})") from None
+    except (nbformat.ValidationError, AttributeError, KeyError, TypeError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise LabError(f"{path} is not a valid notebook ({message.splitlines()[0][:200]})") from None
+    return notebook
 
 
 def notebook_code_hash(path: str | Path) -> str:
@@ -185,13 +231,35 @@ def record_path(profile: str, notebook: str) -> Path:
     return paths.profile_dir(profile) / "provenance" / f"{notebook}.json"
 
 
+# A notebook record's fields and their types: a record read from disk may have been written
+# by another machine or cut short, and is used only if it has this shape.
+RECORD_FIELDS = {"notebook": str, "profile": str, "parameters": dict, "notebook_hash": str, "data": dict,
+                 "git": dict, "started": str, "wall_seconds": (int, float), "sources": dict, "runs": dict,
+                 "outputs": dict, "changes": dict}
+
+
+def record_problem(record) -> str | None:
+    """What makes a notebook record unusable (None: it has the shape the runner writes)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for field, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
+            return f"its {field!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+    for field in ("sources", "runs", "outputs"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in record[field].items()):
+            return f"its {field!r} holds something other than names and hashes"
+    return None
+
+
 def read_record(profile: str, notebook: str) -> dict | None:
-    """The notebook's last provenance record, or None if it never ran through the runner."""
+    """The notebook's last provenance record, or None if it never ran through the runner or the
+    record is unusable (cut short, hand-edited, another shape): as if never run."""
     path = record_path(profile, notebook)
     try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except ValueError:
-        return None  # a record cut short by hand: as if never run
+        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return record if record is not None and record_problem(record) is None else None
 
 
 def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, profile_dir: Path) -> list[str]:
@@ -202,7 +270,11 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
     if notebook_code_hash(notebook_file) != record["notebook_hash"]:
         reasons.append(f"{notebook_file.name}'s code changed")
     for relative, digest in record["sources"].items():
-        path = paths.ROOT / relative
+        try:
+            path = paths.inside(paths.ROOT, relative, "source")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
         if not path.exists():
             reasons.append(f"{relative} was removed")
         elif file_hash(path) != digest:
@@ -214,10 +286,19 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
         if record["parameters"].get(key) != value:
             reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} -> {value!r})")
     for relative, fingerprint in record["runs"].items():
-        reasons += [reason for reason in run_staleness(profile_dir / relative, fingerprint) if reason not in reasons]
+        try:
+            run_directory = paths.inside(profile_dir, relative, "run")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        reasons += [reason for reason in run_staleness(run_directory, fingerprint) if reason not in reasons]
     for relative, digest in record["outputs"].items():
-        path = profile_dir / relative
-        if not path.exists():
+        try:
+            path = paths.inside(profile_dir, relative, "output")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        if not path.is_file():
             reasons.append(f"{relative} is missing")
         elif file_hash(path) != digest:
             reasons.append(f"{relative} was modified after the run")

@@ -34,7 +34,7 @@ from ..files import atomic_path, write_json, write_text
 from ..profiles import check_seeds, get_profile
 from . import provenance
 from .notebooks import PROGRESS_FILE, SESSION_FILE, STAGING_VARIABLE
-from ..runs import Run, load_run, save_run, training_record
+from ..runs import Run, load_run, run_directory, save_run, training_record
 from ..train import fit
 
 # Vector PDFs that journals accept (TrueType, not Type 3, fonts) and that are byte-stable
@@ -90,9 +90,10 @@ class Workbook:
         device = resolve_device(self.device)
         key = training_record(experiment, seed, device=str(device), limit_train=self.profile.limit_train,
                               limit_test=self.profile.limit_test)["fingerprint"]
-        directory = self.directory / "runs" / experiment.name / f"seed{seed}"
+        directory = run_directory(self.directory / "runs", experiment.name, seed)
         cached = provenance.read_run_record(directory)
-        if cached is None or cached["fingerprint"] != key:
+        # A run is used only as its record says it was written: a cut or replaced file retrains it.
+        if cached is None or cached["fingerprint"] != key or provenance.run_file_problems(directory):
             # An interrupted run left its last completed epoch here; fit() resumes from it.
             checkpoint = directory.parent / f".{directory.name}.{key[:12]}.checkpoint.pt"
             result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
