@@ -181,7 +181,11 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
         log = _keep_failed(name, profile, executed)
         raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
                        f"previous artifacts intact{f'; what ran is kept at {log}' if log else ''}") from None
-    changes = _commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    try:
+        changes = _commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    except LabError:  # refused before anything moved: the previous set stays whole, the staged one goes
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if changes["macros"] or changes["tables"]:
         listed = [f"{macro} {old} → {new}" for macro, old, new in changes["macros"]]
         listed += [f"table {table}" for table in changes["tables"]]
