@@ -24,8 +24,11 @@ from mnist_lab.build.lock import profile_lock
 from mnist_lab.cli import INTERRUPTED, main
 from mnist_lab.files import atomic_dir, atomic_path
 
+from conftest import SLOW, make_notebook
+
 
 HAVE_TEX = shutil.which("latexmk") is not None
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout (tests point paths.ROOT at copies)
 TRAIN_SMALL = ["train", "basic_cnn", "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--no-progress"]
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -43,11 +46,15 @@ def _start_slow(project: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def _start(*args: str, **kwargs) -> subprocess.Popen:
-    """`mnist-lab ARGS` in its own process group, as a terminal would start it: with Ctrl-C's
-    default action even where the suite itself was started in the background, which leaves
-    SIGINT ignored for everything it starts."""
-    return subprocess.Popen([sys.executable, "-m", "mnist_lab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+    """`mnist-lab ARGS` in its own process group, as a terminal would start it."""
+    return _start_command([sys.executable, "-m", "mnist_lab", *args], **kwargs)
+
+
+def _start_command(command: list[str], **kwargs) -> subprocess.Popen:
+    """A command in its own process group, with Ctrl-C's default action even where the suite
+    itself was started in the background, which leaves SIGINT ignored for everything it starts."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
@@ -122,6 +129,36 @@ def test_case2_a_failing_cell_leaves_the_previous_outputs_and_keeps_its_log(proj
     assert notebooks.status("slow", "smoke") == []  # the previous run's outputs still count as fresh
     assert main(["run", "--profile", "smoke", "--no-progress", "--force", "slow"]) == 0
     assert not log.exists()  # a later success removes the old failure's log
+
+
+# Noise a terminal showed after the one line when the kernel was shut down under a pending cell.
+NOISE = ("Traceback", "Task exception", "Kernel died", "DeadKernelError")
+
+
+@pytest.mark.parametrize("through", ["mnist-lab run", "make report"])
+def test_case2_ctrl_c_to_the_whole_group_mid_cell_is_the_one_line(project, through):
+    """As a terminal does it: SIGINT to the foreground group (make, the runner), mid-cell."""
+    before = _snapshot(project / "artifacts" / "smoke")
+    if through == "make report":  # the real Makefile, its set-up steps taken as done
+        marker = project / "reached"
+        make_notebook(project / "notebooks" / "slow.ipynb",
+                      f'profile = "smoke"\nmarker = "{marker}"\nwait = True\nfail = False', SLOW)
+        shutil.copy(REPOSITORY / "Makefile", project)
+        process = _start_command(["make", "-o", "setup", "-o", "tex", "report", "PROFILE=smoke",
+                                  f"VENV={Path(sys.executable).parent.parent}"], cwd=project)
+    else:
+        process, marker = _start_slow(project)
+    _wait_for(marker.exists)
+    time.sleep(1)  # well inside the cell
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    printed = stdout + stderr
+    assert printed.count(INTERRUPTED) == 1 and not [word for word in NOISE if word in printed], printed
+    if through == "mnist-lab run":
+        assert process.returncode == 130 and [line for line in stderr.splitlines() if line.strip()] == [INTERRUPTED]
+    else:
+        assert process.returncode != 0
+    assert _snapshot(project / "artifacts" / "smoke") == before
 
 
 # ---- 3. -p profile against --profile ------------------------------------------------------------------

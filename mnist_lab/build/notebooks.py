@@ -148,7 +148,7 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .kernel import LoggedKernelManager
+    from .kernel import ENGINE, LoggedKernelManager
 
     effective = effective_parameters(name, profile, parameters, shared)
     source = paths.NOTEBOOKS / f"{name}.ipynb"
@@ -165,7 +165,7 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
     try:
         with _environment(STAGING_VARIABLE, str(staging)), _printing(staging / PROGRESS_FILE):
             papermill.execute_notebook(str(source), str(executed), parameters=effective, cwd=str(paths.NOTEBOOKS),
-                                       kernel_name="python3", progress_bar=progress,
+                                       kernel_name="python3", progress_bar=progress, engine_name=ENGINE,
                                        kernel_manager_class="mnist_lab.build.kernel.LoggedKernelManager")
     except PapermillExecutionError as error:
         log = _keep_failed(name, profile, executed)
