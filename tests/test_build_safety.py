@@ -197,16 +197,18 @@ def test_case4_ctrl_c_during_latex_does_not_poison_the_next_build(smoke_artifact
 
 
 def test_case5_every_training_source_changed_in_turn_makes_status_name_it(project):
-    sources = provenance.training_sources()
+    sources = provenance.training_sources("basic_cnn")  # what the `trains` notebook's run trains
     names = {str(p.relative_to(project)) for p in sources}
     assert {"mnist_lab/train.py", "mnist_lab/data.py", "mnist_lab/augment.py", "mnist_lab/speed/layers.py",
-            "mnist_lab/models/vit.py"} <= names
+            "mnist_lab/models/basic_cnn.py", "mnist_lab/models/__init__.py"} <= names
+    assert "mnist_lab/models/vit.py" not in names  # another model's file
     assert "mnist_lab/results/figures.py" not in names  # a plot never retrains a model
     assert "mnist_lab/experiments.py" not in names  # the recipes: recorded field by field instead
     assert notebooks.status("trains", "smoke") == []
     for path in sources:
         original = path.read_bytes()
-        path.write_bytes(original + b"\n# edited\n")
+        edit = b"\n_EDITED = True\n" if path.suffix == ".py" else b"\n"  # code, not a comment
+        path.write_bytes(original + edit)
         reasons = notebooks.status("trains", "smoke")
         path.write_bytes(original)
         relative = str(path.relative_to(project))
@@ -214,6 +216,27 @@ def test_case5_every_training_source_changed_in_turn_makes_status_name_it(projec
     extra = project / "mnist_lab" / "speed" / "tuning.json"  # a new file of any type counts too
     extra.write_text("{}")
     assert any("mnist_lab/speed/tuning.json changed" in reason for reason in notebooks.status("trains", "smoke"))
+
+
+def test_case5_comments_and_docstrings_retrain_nothing_and_a_model_edit_only_its_runs(project):
+    from mnist_lab.experiments import get_experiment
+    from mnist_lab.runs import training_record
+
+    def fingerprints():
+        return {name: training_record(get_experiment(name), 0, device="cpu", limit_train=512)["fingerprint"]
+                for name in ("basic_cnn", "cnn", "vit")}
+
+    before = fingerprints()
+    vit = project / "mnist_lab" / "models" / "vit.py"
+    train = project / "mnist_lab" / "train.py"
+    original_vit, original_train = vit.read_text(), train.read_text()
+    vit.write_text(original_vit + "\n# a comment\n")
+    train.write_text(original_train.replace('"""The trainer:', '"""The trainer, reworded:', 1))
+    assert fingerprints() == before and notebooks.status("trains", "smoke") == []
+    vit.write_text(original_vit + "\n_EDITED = True\n")  # code: the ViT's runs alone
+    after = fingerprints()
+    assert after["vit"] != before["vit"] and {k: after[k] for k in ("basic_cnn", "cnn")} == \
+        {k: before[k] for k in ("basic_cnn", "cnn")}
 
 
 def test_case5_editing_one_recipe_retrains_that_model_alone(project):

@@ -69,12 +69,15 @@ def test_prose_and_outputs_in_the_notebook_do_not_count(tiny_project):
 
 def test_a_changed_package_module_makes_its_users_stale(tiny_project):
     workbook = tiny_project / "mnist_lab" / "build" / "workbook.py"
-    workbook.write_text(workbook.read_text() + "\n# an edit\n")
+    original = workbook.read_text()
+    workbook.write_text(original + "\n# a comment changes nothing\n")
+    assert _status() == {"alpha": [], "beta": []}
+    workbook.write_text(original + "\n_EDITED = True\n")
     assert _status() == {"alpha": ["mnist_lab/build/workbook.py changed"], "beta": ["mnist_lab/build/workbook.py changed"]}
     # A module neither notebook imported changes nothing.
     losses = tiny_project / "mnist_lab" / "results" / "reference.py"
-    workbook.write_text(workbook.read_text().removesuffix("\n# an edit\n"))
-    losses.write_text(losses.read_text() + "\n# an edit\n")
+    workbook.write_text(original)
+    losses.write_text(losses.read_text() + "\n_EDITED = True\n")
     assert _status() == {"alpha": [], "beta": []}
 
 

@@ -293,7 +293,7 @@ def _commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: 
         "wall_seconds": round(wall_seconds, 1),
         "device": used.get("device"),
         "environment": used.get("environment"),
-        "sources": {module: provenance.file_hash(paths.ROOT / module) for module in used["modules"]},
+        "sources": {module: provenance.code_hash(paths.ROOT / module) for module in used["modules"]},
         "runs": used["runs"],
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
         "changes": _changes(directory, staging, staged),

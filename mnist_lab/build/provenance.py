@@ -4,13 +4,15 @@ The one place that says what an artifact depends on; the training cache, `mnist-
 `mnist-lab run` and the report's stale check all ask it.
 
 * A training run's *record* (its provenance.json): the recipe, seed and settings, the hash
-  of every file of the training code, and the data. Its fingerprint is the hash of that
+  of each file of the training code, and the data. Its fingerprint is the hash of that
   record; a cached run is reused only while a fresh record has the same fingerprint, so
   changing a plot never retrains a model and changing a hyperparameter retrains exactly
   that model. The training code is derived from the package, not listed by hand: the
   modules `train.py` imports, transitively, and every file of a subpackage among them, less
   `experiments.py`, whose whole effect on a run, the recipe, is in the record field by field
-  (were the file training code, editing one recipe would retrain every model).
+  (were the file training code, editing one recipe would retrain every model), and less the
+  other models' files. Python is hashed as its syntax tree without docstrings, so a comment
+  retrains nothing.
 * A notebook's *record* (artifacts/<profile>/provenance/<notebook>.json), written when a
   run of the notebook is committed: its parameters, the hash of its code cells, of each
   package file it imported and of every artifact it wrote, the fingerprints of the training
@@ -72,9 +74,13 @@ def _imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name.split(".")[0] == "mnist_lab" and _module_file(name)}
 
 
-def training_sources() -> list[Path]:
+def training_sources(model: str | None = None) -> list[Path]:
     """Every file of the package that training reads: the closure of `train.py`'s imports, and
-    each subpackage among them whole (whatever its files' types), so nothing is kept by hand."""
+    each subpackage among them whole (whatever its files' types), so nothing is kept by hand.
+
+    With `model`, of the model files only that model's own: models/__init__.py imports every
+    model to list them, but a run builds one, so editing the ViT retrains no CNN.
+    """
     seen, queue = set(), [TRAINING_ENTRY]
     while queue:
         module = queue.pop()
@@ -92,17 +98,41 @@ def training_sources() -> list[Path]:
             files.update(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         else:
             files.add(path)
+    if model is not None:
+        models = paths.ROOT / "mnist_lab" / "models"
+        files = {path for path in files if path.parent != models or path.name in ("__init__.py", f"{model}.py")}
     return sorted(files)
 
 
-def code_hashes() -> dict[str, str]:
-    return {_relative(path): file_hash(path) for path in training_sources()}
+def code_hash(path: str | Path) -> str:
+    """What a source file does, hashed: a Python file's syntax tree without its docstrings (the
+    parser drops comments), so a comment or a reworded docstring changes no fingerprint and
+    stales nothing; any other file, and Python that does not parse, byte for byte."""
+    path = Path(path)
+    if path.suffix != ".py":
+        return file_hash(path)
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError):
+        return file_hash(path)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def code_hashes(model: str | None = None) -> dict[str, str]:
+    return {_relative(path): code_hash(path) for path in training_sources(model)}
 
 
 def run_record(**inputs) -> dict:
     """What a training run depends on: the inputs given (recipe, seed, subset, device, ...),
     the training code and the data; with its fingerprint, the hash of the rest."""
-    record = {"inputs": json.loads(json.dumps(inputs, sort_keys=True, default=str)), "code": code_hashes(),
+    experiment = inputs.get("experiment")
+    model = experiment.get("model") if isinstance(experiment, dict) and isinstance(experiment.get("model"), str) else None
+    record = {"inputs": json.loads(json.dumps(inputs, sort_keys=True, default=str)), "code": code_hashes(model),
               "data": MD5}
     record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return record
@@ -277,7 +307,7 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
             continue
         if not path.exists():
             reasons.append(f"{relative} was removed")
-        elif file_hash(path) != digest:
+        elif code_hash(path) != digest:
             reasons.append(f"{relative} changed")
     if data_hashes() != record["data"]:
         changed = [name for name, digest in data_hashes().items() if record["data"].get(name) != digest]
