@@ -9,6 +9,7 @@ on a NaN).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -69,6 +70,41 @@ class RunResult:
         }
 
 
+@contextlib.contextmanager
+def deterministic_kernels(on: bool = True):
+    """Make CUDA repeatable inside the block (deterministic algorithms only, no cuDNN autotuning),
+    then put the previous settings back: a process that trains several configurations in turn
+    (gpu_check) gives each a clean state."""
+    if not on:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    # cuBLAS needs a fixed workspace to be deterministic; it reads this when CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        enabled, warn_only, benchmark, workspace = previous
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def _with_deterministic_kernels(train):
+    """`fit(deterministic=True)` trains inside `deterministic_kernels()`."""
+    @functools.wraps(train)
+    def wrapper(*args, deterministic: bool = False, **kwargs):
+        with deterministic_kernels(deterministic):
+            return train(*args, deterministic=deterministic, **kwargs)
+
+    return wrapper
+
+
+@_with_deterministic_kernels
 def fit(
     experiment: Experiment,
     *,
@@ -108,8 +144,6 @@ def fit(
     train_set = data.train.head(limit_train).to(target)
     test_set = data.test.head(limit_test).to(target)
 
-    if deterministic:
-        _use_deterministic_kernels()
     torch.manual_seed(seed)  # model initialisation and dropout
     generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
@@ -187,14 +221,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
     return precision
-
-
-def _use_deterministic_kernels() -> None:
-    """Make CUDA repeatable: deterministic algorithms only, no cuDNN autotuning."""
-    # cuBLAS needs a fixed workspace to be deterministic; it reads this when CUDA starts.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
 
 
 def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch.optim.Optimizer:

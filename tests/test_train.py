@@ -1,3 +1,5 @@
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -161,3 +163,13 @@ def test_a_failed_file_write_keeps_the_previous_file(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "old table"
     assert [p.name for p in tmp_path.iterdir()] == ["table.tex"]
+
+
+def test_deterministic_mode_holds_while_training_and_is_put_back_after(small_mnist, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    during = []
+    fit(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False,
+        deterministic=True, on_epoch_end=lambda row: during.append(torch.are_deterministic_algorithms_enabled()))
+    assert during == [True]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
