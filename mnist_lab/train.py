@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -178,6 +179,7 @@ def fit(
             train_loss, train_accuracy = step_graph.run_epoch(torch.randperm(len(train_set), generator=generator,
                                                                              device=target))
             epoch_bar.update(len(train_set))
+            check_finite(train_loss, experiment, epoch)  # a graph cannot stop mid-epoch; its sums are read here
         else:
             train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
                                                       autocast, layout, epoch, epoch_bar)
@@ -252,12 +254,17 @@ def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, gen
         correct += (logits.argmax(1) == y).sum()
         bar.update(len(batch))
         if step % CHECK_EVERY == 0 or start + experiment.batch_size >= n:
-            if not torch.isfinite(loss_sum):
-                raise LabError(
-                    f"{experiment.name}: the training loss became {loss.item()} in epoch {epoch} (step {step}); "
-                    "the run was stopped. Try a lower learning rate."
-                )
+            check_finite(loss_sum.item(), experiment, epoch, step)
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def check_finite(loss: float, experiment: Experiment, epoch: int, step: int | None = None) -> None:
+    """Stop a diverging run instead of saving it as a good one: both drivers (the eager loop and
+    the CUDA graph's) check their loss sums with this."""
+    if not math.isfinite(loss):
+        where = f"epoch {epoch}" + (f" (step {step})" if step is not None else "")
+        raise LabError(f"{experiment.name}: the training loss became {loss} in {where}; "
+                       "the run was stopped. Try a lower learning rate.")
 
 
 @torch.inference_mode()

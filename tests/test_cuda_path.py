@@ -179,3 +179,13 @@ def test_gpu_check_reports_a_failed_or_skipped_phase_and_fails_on_it():
                for line in gpu_check.table(report).splitlines())
     report["graphs"], report["deterministic"] = schedule, {"identical": False}
     assert not gpu_check._passed(report)
+
+
+@pytest.mark.device
+@needs_cuda
+def test_a_diverging_run_is_refused_on_the_graph_path_too(small_mnist):
+    from mnist_lab.errors import LabError
+    from mnist_lab.train import fit
+
+    with pytest.raises(LabError, match="the training loss became"):
+        fit(get_experiment("basic_cnn").replace(lr=1e9, epochs=1), data=small_mnist, device="cuda", progress=False)
