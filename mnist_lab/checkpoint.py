@@ -13,6 +13,7 @@ planted in the artifacts folder can hold wrong numbers at worst, never code that
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,7 +46,9 @@ def restore(path: Path | None, *, identity: dict, model, optimizer, scheduler, g
     if path is None or not Path(path).exists():
         return 0, []
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a foreign file's pickle protocol: one line below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a checkpoint, or one holding more than tensors and containers
         raise LabError(f"{path} is not a checkpoint this project wrote ({type(error).__name__}); "
                        "delete it to train from the start") from None

@@ -194,3 +194,11 @@ def test_case12_sigterm_is_one_line_exit_143_and_the_outputs_intact(project):
     _, stderr = process.communicate(timeout=120)
     assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (143, [TERMINATED])
     assert _snapshot(project / "artifacts" / "smoke") == before
+
+
+def test_case12_a_garbage_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    (tmp_path / ".run.checkpoint.pt").write_bytes(b"\x80\x04garbage")  # where `train --out` resumes from
+    assert main([*TRAIN_SMALL, "--out", str(out)]) == 1
+    assert "is not a checkpoint this project wrote" in _one_line(capsys)
+    assert not out.exists()
