@@ -9,26 +9,73 @@ Every page opens from file:// with no network: images are embedded, formulas are
 MathML when the page is written (`latex2mathml`; browsers draw MathML themselves), widget
 outputs keep their text, and the template loads no script from another host. A page is
 rewritten only when its executed notebook changed; the index only when its text did.
+
+The records the pages quote may come from another machine (`mnist-lab unpack`): every value
+taken from one is escaped (the template's `| e`, `html.escape` here), and a record that is not
+of the shape the runner writes is shown as an unreadable record, never a traceback.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from .. import paths
+from ..errors import LabError
 from ..files import write_text
 from . import notebooks, provenance
+from .report import NUMBER, OBJECT, STRING, shape_problem
 
 TEMPLATES = Path(__file__).with_name("templates")
 _MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\$)(.+?)(?<!\\)\$", re.DOTALL)
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 _PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
+# What the pages read from a notebook's record (report.py's checks); `device` is printed as text
+# whatever it is, and `changes` is checked on its own (_changes_problem).
+PAGE_FIELDS = {"parameters": OBJECT, "started": STRING, "wall_seconds": NUMBER, "outputs": OBJECT}
+_THUMBNAIL = re.compile(r"figures/[^/\\.][^/\\]*\.png")  # a figure's image, in figures/ itself
 
 
 def html_dir(profile: str) -> Path:
     return paths.profile_dir(profile) / "html"
+
+
+def _changes_problem(changes) -> str | None:
+    if changes is None:
+        return None
+    macros = changes.get("macros", []) if isinstance(changes, dict) else None
+    tables = changes.get("tables", []) if isinstance(changes, dict) else None
+    if (isinstance(macros, list) and isinstance(tables, list) and all(isinstance(t, str) for t in tables)
+            and all(isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) for x in m) for m in macros)):
+        return None
+    return "its 'changes' are not lists of macros and tables"
+
+
+def page_record(profile: str, name: str) -> tuple[dict | None, str | None]:
+    """The notebook's record if the pages can show it; else None and why ("never run", or what
+    makes it unreadable)."""
+    try:
+        record = provenance.read_record(profile, name)
+    except LabError as error:
+        return None, f"unreadable record ({error})"
+    path = provenance.record_path(profile, name)
+    if record is None and not path.exists():
+        return None, "never run"
+    if record is None:  # provenance refused it: say why, as far as the pages are concerned
+        try:
+            problem = shape_problem(json.loads(path.read_bytes()), PAGE_FIELDS) or "not of the runner's shape"
+        except (OSError, ValueError):
+            problem = "not JSON"
+    else:
+        problem = shape_problem(record, PAGE_FIELDS) or _changes_problem(record.get("changes"))
+    return (None, f"unreadable record (provenance/{name}.json: {problem})") if problem else (record, None)
+
+
+def _seconds(record: dict) -> str:
+    return f"{record['wall_seconds']:.0f}"
 
 
 def _mathml(match: re.Match) -> str:
@@ -79,15 +126,20 @@ def export(name: str, profile: str) -> Path | None:
         return target
     notebook = nbformat.read(source, as_version=4)
     formulas = _prepare(notebook)
-    record = provenance.read_record(profile, name) or {}
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
-    body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": {
-        "notebook": name, "parameters": record.get("parameters", {}), "device": record.get("device") or "?",
-        "when": record.get("started", "?").replace("T", " "), "seconds": f"{record.get('wall_seconds', 0):.0f}",
-    }})
+    body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": _header(name, *page_record(profile, name))})
     body = re.sub(r"MNISTLABFORMULA(\d{5})X", lambda match: formulas[int(match.group(1))], body)
     write_text(target, body)
     return target
+
+
+def _header(name: str, record: dict | None, why: str | None) -> dict:
+    """What the page's header prints, every value a string (the template escapes each one)."""
+    if record is None:
+        return {"notebook": name, "problem": "no provenance record" if why == "never run" else why}
+    return {"notebook": name, "problem": None, "when": record["started"].replace("T", " "),
+            "seconds": _seconds(record), "device": str(record.get("device") or "?"),
+            "parameters": [(str(key), str(value)) for key, value in record["parameters"].items()]}
 
 
 def write_site(profile: str) -> Path:
@@ -105,33 +157,26 @@ def index_html(profile: str) -> str:
     directory = paths.profile_dir(profile)
     rows, galleries, changes = [], [], []
     for name in notebooks.available():
-        record = provenance.read_record(profile, name)
+        record, why = page_record(profile, name)
         page = f"html/{name}.html"
         try:
             reasons = notebooks.stale_as_run(name, profile)
         except Exception as error:  # an unreadable notebook: the index still lists the rest
             reasons = [str(error)]
-        status = "fresh" if not reasons else "stale: " + "; ".join(reasons)
-        link = f'<a href="{page}">{name}</a>' if (directory / page).is_file() else name
+        status = "fresh" if not reasons else "stale: " + "; ".join(map(str, reasons))
+        title = html.escape(name)
+        link = f'<a href="{html.escape(quote(page))}">{title}</a>' if (directory / page).is_file() else title
         if record is None:
-            rows.append(f"<tr><td>{link}</td><td colspan=4>never run</td><td>{html.escape(status)}</td></tr>")
+            rows.append(f"<tr><td>{link}</td><td colspan=4>{html.escape(why)}</td><td>{html.escape(status)}</td></tr>")
             continue
-        parameters = ", ".join(f"<code>{html.escape(k)} = {html.escape(repr(v))}</code>"
-                               for k, v in record["parameters"].items())
-        rows.append(f"<tr><td>{link}</td><td>{parameters}</td><td>{html.escape(record['started'])}</td>"
-                    f"<td>{record['wall_seconds']:.0f} s</td><td>{html.escape(str(record.get('device')))}</td>"
-                    f"<td class=\"{'fresh' if not reasons else 'stale'}\">{html.escape(status)}</td></tr>")
-        figures = sorted(output for output in record["outputs"] if output.startswith("figures/") and output.endswith(".png"))
-        if figures:
-            thumbnails = "".join(f'<a href="{page}"><img src="{figure}" alt="{Path(figure).stem}" '
-                                 f'title="{Path(figure).stem}"></a>' for figure in figures)
-            galleries.append(f"<h3>{name}</h3><div class=gallery>{thumbnails}</div>")
-        changed = record.get("changes")
-        if changed and (changed["macros"] or changed["tables"]):
-            items = [f"<li><code>{html.escape(m)}</code> {html.escape(old)} &rarr; {html.escape(new)}</li>"
-                     for m, old, new in changed["macros"]]
-            items += [f"<li>table <code>{html.escape(t)}</code>: rows changed</li>" for t in changed["tables"]]
-            changes.append(f"<h3>{name}</h3><ul>{''.join(items)}</ul>")
+        rows.append(_row(link, record, status, fresh=not reasons))
+        gallery = _gallery(page, record)
+        if gallery:
+            galleries.append(f"<h3>{title}</h3><div class=gallery>{gallery}</div>")
+        changed = _changed(record)
+        if changed:
+            changes.append(f"<h3>{title}</h3><ul>{changed}</ul>")
+    profile = html.escape(profile)
     pdf = ('<p><a href="report.pdf">The report (PDF)</a></p>' if (directory / "report.pdf").is_file()
            else f"<p>No PDF yet: <code>mnist-lab report --profile {profile}</code> builds it.</p>")
     return f"""<!DOCTYPE html>
@@ -155,3 +200,28 @@ table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px
 {''.join(galleries) or '<p>No figures yet.</p>'}
 </body></html>
 """
+
+
+def _row(link: str, record: dict, status: str, *, fresh: bool) -> str:
+    parameters = ", ".join(f"<code>{html.escape(key)} = {html.escape(repr(value))}</code>"
+                           for key, value in record["parameters"].items())
+    return (f"<tr><td>{link}</td><td>{parameters}</td><td>{html.escape(record['started'])}</td>"
+            f"<td>{_seconds(record)} s</td><td>{html.escape(str(record.get('device')))}</td>"
+            f"<td class=\"{'fresh' if fresh else 'stale'}\">{html.escape(status)}</td></tr>")
+
+
+def _gallery(page: str, record: dict) -> str:
+    """Thumbnails of the notebook's figures: only names of images in figures/ itself (a record
+    could name any path), quoted as URLs and escaped as attributes."""
+    figures = sorted(output for output in record["outputs"] if _THUMBNAIL.fullmatch(output))
+    return "".join(f'<a href="{html.escape(quote(page))}"><img src="{html.escape(quote(figure))}" '
+                   f'alt="{html.escape(Path(figure).stem)}" title="{html.escape(Path(figure).stem)}"></a>'
+                   for figure in figures)
+
+
+def _changed(record: dict) -> str:
+    changed = record.get("changes") or {}
+    items = [f"<li><code>{html.escape(m)}</code> {html.escape(old)} &rarr; {html.escape(new)}</li>"
+             for m, old, new in changed.get("macros", [])]
+    items += [f"<li>table <code>{html.escape(t)}</code>: rows changed</li>" for t in changed.get("tables", [])]
+    return "".join(items)

@@ -9,6 +9,12 @@ The profile's artifact folder goes on TEXINPUTS, so `figures/x.pdf`, `tables/x.t
 `macros/x.tex` in the source resolve to that profile's files. latexmk decides what to rebuild
 (it compares file contents), and report_info.tex is only rewritten when its text changes, so
 building twice with nothing changed does nothing the second time.
+
+Everything under artifacts/ may come from another machine (`mnist-lab unpack`), so nothing
+read from there is trusted: records and runs are checked field by field before they are
+quoted, every value is escaped for LaTeX, the generated TeX files LaTeX reads are checked
+against an allow-list before latexmk runs (`check_latex_inputs`), and TeX itself runs with no
+shell escape and may open only files below its working folders (openin_any/openout_any=p).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ def check_artifacts(profile: str) -> None:
     defined = set()
     for path in needed:
         if path.startswith("macros/"):
-            defined.update(_DEFINED.findall((directory / path).read_text()))
+            defined.update(_DEFINED.findall(_read_tex(directory / path)))
     undefined = sorted(required_values() - defined)
     if undefined:
         files = ", ".join(sorted(p for p in needed if p.startswith("macros/")))
@@ -94,33 +100,109 @@ def check_artifacts(profile: str) -> None:
 
 
 def _latex_escape(text: str) -> str:
+    """Text from a record as LaTeX prints it: special characters escaped, control characters
+    (a line break would end \\newcommand's argument) as spaces."""
     replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-    return "".join(replacements.get(char, char) for char in text)
+    return "".join(replacements.get(char, " " if _is_control(char) else char) for char in str(text))
 
 
 def _typewriter(text: str) -> str:
-    """Names and paths as typed: \\detokenize keeps `_` a real underscore (it reads and searches as written)."""
-    return "\\texttt{\\detokenize{" + "".join(c for c in text if c not in "{}\\%#") + "}}"
+    """Names and paths as typed: \\detokenize keeps `_` a real underscore (it reads and searches as written).
+
+    \\detokenize's argument is still read by TeX first, so what could end it early or spell
+    another character is dropped: braces, backslash, `%`, `#` and `^` (`^^7d` is a `}`)."""
+    return "\\texttt{\\detokenize{" + "".join(c for c in str(text) if c not in "{}\\%#^" and not _is_control(c)) + "}}"
+
+
+def _is_control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
 
 
 def _thousands(number: int) -> str:
     return f"{number:,}"
 
 
+# ---- reading what the runs recorded (untrusted: it may come from another machine) ----------
+
+# What the report reads from each JSON file, as (what it must be, the check); anything else in
+# a file is never read. A file that does not match is refused with one line naming it.
+STRING = ("a string", lambda value: isinstance(value, str))
+NUMBER = ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
+INTEGER = ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool))
+OBJECT = ("an object", lambda value: isinstance(value, dict))
+OPTIONAL_STRING = ("a string or null", lambda value: value is None or isinstance(value, str))
+OPTIONAL_FLAG = ("true, false or null", lambda value: value is None or isinstance(value, bool))
+RECORD_FIELDS = {"notebook": STRING, "started": STRING, "wall_seconds": NUMBER, "git": OBJECT}
+GIT_FIELDS = {"commit": OPTIONAL_STRING, "dirty": OPTIONAL_FLAG}
+CONFIG_FIELDS = {"experiment": OBJECT, "seed": INTEGER}
+METRICS_FIELDS = {"epochs": INTEGER, "test_accuracy": NUMBER, "train_seconds": NUMBER}
+
+
+def _json_kind(value) -> str:
+    """A value's JSON type, for the error message."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(type(value), "a value")
+
+
+def shape_problem(data, fields: dict) -> str | None:
+    """What is wrong with `data` as an object holding `fields` (see RECORD_FIELDS), or None."""
+    if not isinstance(data, dict):
+        return f"it is {_json_kind(data)}, not an object"
+    for key, (wanted, check) in fields.items():
+        if key not in data:
+            return f"it has no {key!r}"
+        if not check(data[key]):
+            return f"its {key!r} is {_json_kind(data[key])}, not {wanted}"
+    return None
+
+
+def _read_json(path: Path, what: str, fields: dict | None = None, *, fix: str):
+    """A JSON file the report quotes, refused with one line when unreadable or not of `fields`' shape."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise LabError(f"{path} is not {what} mnist-lab can read ({error}); {fix}") from None
+    problem = shape_problem(data, fields or {})
+    if problem:
+        raise LabError(f"{path} is not {what} mnist-lab can read ({problem}); {fix}")
+    return data
+
+
 def _environments(directory: Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted(directory.glob("runs/*/*/environment.json"))]
+    return [_read_json(path, "a training run's environment", fix=f"remove {path.parent} or train it again")
+            for path in sorted(directory.glob("runs/*/*/environment.json"))]
 
 
 def _records(directory: Path) -> list[dict]:
     """The notebooks' provenance records (written by the runner after each successful execution)."""
     records = []
     for path in sorted(directory.glob("provenance/*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except ValueError:
-            continue
+        fix = f"run the notebook again: `mnist-lab run --profile {directory.name} {path.stem}`"
+        record = _read_json(path, "a notebook's provenance record", RECORD_FIELDS, fix=fix)
+        problem = shape_problem(record["git"], GIT_FIELDS)
+        if problem:
+            raise LabError(f"{path} is not a notebook's provenance record mnist-lab can read (its 'git': "
+                           f"{problem.removeprefix('it ')}); {fix}")
+        records.append(record)
     return records
+
+
+def _training_runs(directory: Path) -> list[tuple[dict, dict]]:
+    """Each training run's config and metrics, in the order of their folders."""
+    runs = []
+    for config_path in sorted(directory.glob("runs/*/*/config.json")):
+        fix = f"remove {config_path.parent} or train it again"
+        config = _read_json(config_path, "a training run's config", CONFIG_FIELDS, fix=fix)
+        if not isinstance(config["experiment"].get("name"), str) or not OPTIONAL_STRING[1](config.get("fingerprint")):
+            raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its experiment's name "
+                           f"or its fingerprint is not a string); {fix}")
+        metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
+        runs.append((config, metrics))
+    return runs
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -137,8 +219,8 @@ def _run_date(directory: Path) -> datetime | None:
     if not any(times):
         for path in directory.glob("notebooks/*.ipynb"):
             try:
-                times.append(_parse_time(json.loads(path.read_text())["metadata"]["papermill"]["end_time"]))
-            except (KeyError, TypeError, ValueError):
+                times.append(_parse_time(json.loads(path.read_bytes())["metadata"]["papermill"]["end_time"]))
+            except (OSError, KeyError, TypeError, ValueError):
                 continue
     if not any(times):
         times = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in directory.glob("runs/*/*/metrics.json")]
@@ -250,7 +332,7 @@ def provenance_tex(profile: str) -> str:
     lines = [f"% Written by `mnist-lab report --profile {profile}` from artifacts/{profile}/provenance/; do not edit.",
              r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}lllrl@{}}", r"\toprule",
              r"Notebook & Ran (UTC) & Commit & Wall time & Device \\", r"\midrule"]
-    for record in _records(directory):
+    for record in _records(directory):  # each field checked by _records; every one escaped here
         lines.append(
             f"{_typewriter(record['notebook'])} & {_latex_escape(record['started'].replace('T', ' ')[:16])} & "
             f"{_commit_text(record['git'].get('commit'), record['git'].get('dirty'))} & "
@@ -259,19 +341,189 @@ def provenance_tex(profile: str) -> str:
     lines += [r"\bottomrule", r"\end{tabular}}\end{center}", "",
               r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
               r"Experiment & Seed & Epochs & Test accuracy & Training time & Fingerprint \\", r"\midrule"]
-    for config_path in sorted(directory.glob("runs/*/*/config.json")):
-        config = json.loads(config_path.read_text())
-        metrics = json.loads((config_path.parent / "metrics.json").read_text())
+    for config, metrics in _training_runs(directory):  # numbers checked to be numbers, text escaped
         lines.append(
-            f"{_typewriter(config['experiment']['name'])} & {config['seed']} & {metrics['epochs']} & "
+            f"{_typewriter(config['experiment']['name'])} & {config['seed']:d} & {metrics['epochs']:d} & "
             f"{metrics['test_accuracy']:.2f}\\,\\% & {metrics['train_seconds']:.0f} s & "
-            f"\\texttt{{{str(config.get('fingerprint') or 'none')[:12]}}} \\\\"
+            f"{_typewriter((config.get('fingerprint') or 'none')[:12])} \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}}\end{center}"]
     return "\n".join(lines) + "\n"
 
 
+# ---- what LaTeX may read from the profile folder -------------------------------------------
+#
+# A TeX file can read any file, write one, or run a command, and the files LaTeX reads from
+# artifacts/<profile>/ may come from another machine. Those files are data: the tables pandas
+# writes (Workbook.table), the macros (Workbook.macro) and the three files written above. So
+# before latexmk runs, each is checked against an allow-list of what those writers produce;
+# anything else (\input, \openin, \write18, \csname, \catcode, ^^5c, ...) is refused with one
+# line, whatever its hash in the provenance record says.
+
+# Control words: booktabs tables; \newcommand (macros, report_info.tex); LaTeX's escapes of
+# special characters (pandas' and _latex_escape's); names typed as written (_typewriter); the
+# flags of report_info.tex; the math of recipes_table.tex; provenance_table.tex's box.
+ALLOWED_WORDS = frozenset({
+    "begin", "end", "toprule", "midrule", "bottomrule",
+    "newcommand",
+    "textbackslash", "textasciitilde", "textasciicircum", "space",
+    "texttt", "detokenize",
+    "SmokeProfiletrue", "SmokeProfilefalse", "StaleArtifactstrue", "StaleArtifactsfalse",
+    "times", "pm", "circ",
+    "adjustbox", "linewidth",
+})
+# Control symbols: \\ (end of row), the escaped specials, and \, (a thin space).
+ALLOWED_SYMBOLS = frozenset("\\&%$#_{},")
+# The only environments (\begin{filecontents} would write a file).
+ALLOWED_ENVIRONMENTS = frozenset({"tabular", "center"})
+# Why the usual suspects are refused (anything not allowed is refused; these say what it could do).
+_DANGER = {
+    **dict.fromkeys(("input", "include", "InputIfFileExists", "IfFileExists", "openin", "read", "readline",
+                     "lstinputlisting", "verbatiminput", "includegraphics", "includepdf", "pdfximage",
+                     "pdffiledump", "pdfmdfivesum", "pdffilesize", "pdffilemoddate", "scantokens",
+                     "@input", "@@input", "usepackage", "RequirePackage", "documentclass"), "it reads a file"),
+    **dict.fromkeys(("openout", "write", "immediate", "closeout", "shipout"), "it writes a file or runs a command"),
+    **dict.fromkeys(("special", "pdfliteral", "pdfobj", "pdfannot"), "it puts raw code into the output"),
+    **dict.fromkeys(("csname", "expandafter"), "it can build any command"),
+    **dict.fromkeys(("catcode", "makeatletter", "uccode", "lccode", "lowercase", "uppercase", "def", "gdef", "edef",
+                     "xdef", "let", "renewcommand", "providecommand"), "it can hide or redefine commands"),
+}
+_CONTROL = re.compile(r"\\([A-Za-z@]+|.?)", re.DOTALL)  # `@` as a letter: \@input is one word to refuse
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_DEFINITION = re.compile(r"\{\\[A-Za-z]+\}\{")  # \newcommand{\Name}{...}: the name is the one new word
+_ENVIRONMENT = re.compile(r"\{([A-Za-z*]*)\}")
+_BOX = "{max width=\\linewidth}"  # \adjustbox's keys could run code: only the one it is given here
+
+# What the project keeps at the top of a profile folder. TEXINPUTS puts that folder before
+# TeX's own search path, so anything else there (sections/, a .sty, main.aux, main.bbl) would
+# be read in place of the file LaTeX meant: the build refuses it. (Names starting with a dot,
+# such as .lock, .staging and atomic writes' temporary files, TeX never opens under openin_any=p.)
+PROFILE_ENTRIES = frozenset({
+    "figures", "tables", "macros", "runs", "notebooks", "html", "provenance", "latex", "latex.partial",
+    "report_info.tex", "recipes_table.tex", "provenance_table.tex", "report.pdf", "index.html", "latex-failed.log",
+})
+GENERATED_TEX = ("report_info.tex", "recipes_table.tex", "provenance_table.tex")
+
+
+def forbidden_tex(text: str) -> str | None:
+    """The first thing in `text` a generated TeX file may not hold, as the error names it; None if clean."""
+    if "^^" in text:
+        return "^^ (it can spell any character, a backslash too)"
+    control = _CONTROL_CHARACTER.search(text)
+    if control:
+        return f"the control character {ord(control.group()):#04x}"
+    position = 0
+    while match := _CONTROL.search(text, position):
+        name, position = match.group(1), match.end()
+        if len(name) <= 1 and not name.isalpha():
+            if name in ALLOWED_SYMBOLS and name:
+                continue
+            return f"\\{name}" if name.isprintable() and name.strip() else f"\\ followed by {name!r}"
+        if name not in ALLOWED_WORDS:
+            return f"\\{name}" + (f" ({_DANGER[name]})" if name in _DANGER else "")
+        if name in ("begin", "end"):
+            environment = _ENVIRONMENT.match(text, position)
+            if not environment or environment.group(1) not in ALLOWED_ENVIRONMENTS:
+                shown = f"{{{environment.group(1)}}}" if environment else " without {tabular} or {center}"
+                return f"\\{name}{shown}"
+        elif name == "newcommand":
+            definition = _DEFINITION.match(text, position)
+            if not definition:
+                return "\\newcommand not of the form \\newcommand{\\Name}{value}"
+            position = definition.end()
+        elif name == "adjustbox" and not text.startswith(_BOX, position):
+            return f"\\adjustbox with keys other than {_BOX}"
+    return None
+
+
+def _read_tex(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise LabError(f"{path} is not UTF-8 text, so the report is not built; "
+                       "re-run the notebook that makes it") from None
+    except OSError as error:
+        raise LabError(f"cannot read {path} ({error.strerror})") from None
+
+
+def _plain_file(path: Path, directory: Path) -> None:
+    """Refuse a link anywhere below `directory` on the way to `path`: LaTeX would read what it points at."""
+    current = path
+    while current != directory:
+        if current.is_symlink():
+            raise LabError(f"{current} is a symbolic link; LaTeX reads only files the build wrote in {directory}: "
+                           "replace it with the file itself")
+        current = current.parent
+    if not path.is_file():
+        raise LabError(f"{path} is not a file; re-run the notebook that makes it")
+
+
+def latex_reads(profile: str) -> list[str]:
+    """Every file LaTeX reads from the profile folder, relative to it (the generated TeX files first)."""
+    directory = paths.profile_dir(profile)
+    tex = sorted(str(path.relative_to(directory)) for kind in ("tables", "macros")
+                 for path in directory.glob(f"{kind}/*.tex"))
+    figures = sorted(name for name in required_artifacts() if name.startswith("figures/"))
+    return [*GENERATED_TEX, *tex, *figures]
+
+
+def check_latex_inputs(profile: str) -> None:
+    """Refuse, before LaTeX runs, anything in the profile folder that LaTeX would read and should not."""
+    directory = paths.profile_dir(profile)
+    unexpected = sorted(entry.name for entry in directory.iterdir()
+                        if entry.name not in PROFILE_ENTRIES and not entry.name.startswith("."))
+    if unexpected:
+        raise LabError(f"{directory} holds {', '.join(unexpected)}, which mnist-lab does not make; LaTeX searches that "
+                       "folder, so the report is not built: remove it")
+    for relative in latex_reads(profile):
+        path = directory / relative
+        _plain_file(path, directory)
+        if relative.endswith(".pdf"):
+            with open(path, "rb") as handle:
+                if handle.read(5) != b"%PDF-":
+                    raise LabError(f"{path} is not a PDF, so the report is not built; "
+                                   "re-run the notebook that makes it")
+            continue
+        found = forbidden_tex(_read_tex(path))
+        if found:
+            raise LabError(f"{path} holds {found}: a generated file may hold only text, tables, LaTeX's escapes and "
+                           f"\\newcommand, so the report is not built; re-make it with "
+                           f"`mnist-lab run --profile {profile} --force`")
+
+
+def _search_path(directory: Path) -> str:
+    """TEXINPUTS: the profile's artifacts first, then the package (the appendix lists mnist_lab/models/*.py),
+    then the rest of the search path (the trailing separator keeps TeX's defaults, "." i.e. report/ included).
+
+    kpathsea splits the variable on ':' and expands '$' and braces, so a folder holding one
+    would be read as other folders: refused with one line rather than built from the wrong place.
+    """
+    entries = [directory, paths.REPORT.parent / "mnist_lab"]
+    for entry in entries:
+        special = sorted({char for char in str(entry) if char in f"{os.pathsep}${{}}" or _is_control(char)})
+        if special:
+            raise LabError(f"{entry} holds {' '.join(map(repr, special))}, which TeX's search path (TEXINPUTS) cannot "
+                           "carry; use a folder without them (MNIST_LAB_ARTIFACTS sets where the artifacts go)")
+    inherited = os.environ.get("TEXINPUTS", "")
+    path = os.pathsep.join([*map(str, entries), inherited])
+    return path if path.endswith(os.pathsep) else path + os.pathsep
+
+
 # ---- the build ----------------------------------------------------------------------------
+
+
+def latex_environment(directory: Path) -> dict[str, str]:
+    """latexmk's environment: the search path, and TeX confined to its own folders.
+
+    openin_any/openout_any=p (kpathsea reads them from the environment): no absolute path, no
+    `..` and no dot file is opened, so even TeX code that got past check_latex_inputs reads
+    only report/, the search path and TeX's own files, and writes only into the build folder.
+    """
+    env = dict(os.environ)
+    env["TEXINPUTS"] = _search_path(directory)
+    env.update(openin_any="p", openout_any="p")
+    env["max_print_line"] = "1000"  # unwrapped log lines: error messages and paths stay whole
+    return env
 
 
 def build_dir(profile: str) -> Path:
@@ -350,6 +602,7 @@ def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stal
         raise LabError(f"the {profile} artifacts are stale ({why}); run `mnist-lab run --profile {profile}` first, "
                        "or pass --allow-stale to build a report marked as stale")
     write_info(profile, stale)
+    check_latex_inputs(profile)  # after write_info: its three files are read by LaTeX too
 
     directory = paths.profile_dir(profile)
     # latexmk works in a copy of the last good build folder (so it still rebuilds only what
@@ -360,17 +613,11 @@ def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stal
     if out.is_dir():
         shutil.copytree(out, work)
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # The profile's artifacts first, then the rest of the search path (the trailing separator
-    # keeps TeX's defaults, "." i.e. report/ included).
-    env["TEXINPUTS"] = f"{directory}{os.pathsep}{env.get('TEXINPUTS', '')}"
-    if not env["TEXINPUTS"].endswith(os.pathsep):
-        env["TEXINPUTS"] += os.pathsep
-    env["max_print_line"] = "1000"  # unwrapped log lines: error messages and paths stay whole
+    env = latex_environment(directory)
     date = _run_date(directory)
-    if date is not None:  # the PDF's own timestamp: the run's, so a rebuild of the same run is byte-identical
+    if date is not None and date.year >= 1970:  # the PDF's own timestamp: the run's, so a rebuild is byte-identical
         env["SOURCE_DATE_EPOCH"] = str(int(datetime(date.year, date.month, date.day, tzinfo=timezone.utc).timestamp()))
-    command = [latexmk, "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error",
+    command = [latexmk, "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error", "-no-shell-escape",
                f"-outdir={work}", *(["-g"] if force else []), *([] if verbose else ["-silent"]), MAIN]
     try:
         done = subprocess.run(command, cwd=paths.REPORT, env=env, stdin=subprocess.DEVNULL, text=True,
