@@ -125,3 +125,16 @@ def copy_project(built: Path, tmp_path: Path, monkeypatch) -> Path:
     point_at(monkeypatch, root)
     monkeypatch.setattr(paths, "ROOT", root)
     return root
+
+
+# ---- two tiers: `pytest -m "not slow"` is the inner loop ---------------------------------------------
+
+# Fixtures that start notebook kernels (and so train, or build the report from what they trained):
+# a test that uses one is slow, whatever its module. Ray and the browser mark their modules.
+SLOW_FIXTURES = {"smoke_artifacts", "smoke_report", "built_project", "project", "executed_project", "tiny_project"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

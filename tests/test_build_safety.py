@@ -293,7 +293,8 @@ def test_case7_a_notebook_that_is_not_json_is_one_line(project, capsys):
 
 def test_case7_ctrl_c_during_start_up_is_one_line(tmp_path):
     process = _start(*TRAIN_SMALL, "--out", str(tmp_path / "run"))
-    time.sleep(0.5)  # importing torch
+    # Importing torch, which the command does first: its library mapped, however busy the machine.
+    _wait_for(lambda: "libtorch" in Path(f"/proc/{process.pid}/maps").read_text(), timeout=60)
     code, lines = _ctrl_c(process)
     assert (code, lines) == (130, [INTERRUPTED])
 
