@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from mnist_lab.bench import baseline
 from mnist_lab.cli import main
 from mnist_lab.experiments import get_experiment
@@ -8,6 +10,7 @@ from mnist_lab.models import create_model
 from mnist_lab.results.compare import flops_per_image
 
 
+@pytest.mark.slow  # two training processes taking turns
 def test_a_tiny_benchmark_writes_its_results(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--models", "basic_cnn", "vit", "--images", "128", "--repeats", "1", "--out", str(out)]) == 0
