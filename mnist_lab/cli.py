@@ -18,6 +18,7 @@ PROFILE_NAMES = ("full", "smoke")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BENCH_MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")
 INTERRUPTED = "mnist-lab: interrupted; previous artifacts intact"
+TERMINATED = "mnist-lab: terminated; previous artifacts intact"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,23 +26,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _integer_at_least(minimum: int):
-    """An argparse type: an integer >= minimum, with a one-line message otherwise."""
+MAX_SEED = 2**32 - 1  # profiles.MAX_SEED
+
+
+def _integer_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= minimum (and <= maximum), with a one-line message otherwise."""
     description = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if maximum is not None:
+        description = f"an integer from {minimum} to {maximum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
         return value
 
     return parse
 
 
-_positive_int, _non_negative_int = _integer_at_least(1), _integer_at_least(0)
+_positive_int, _seed = _integer_at_least(1), _integer_at_least(0, MAX_SEED)
 
 
 class _Distinct(argparse.Action):
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("experiment", choices=EXPERIMENT_NAMES, metavar="EXPERIMENT",
                        help=f"one of: {', '.join(EXPERIMENT_NAMES)}")
     train.add_argument("--epochs", type=_positive_int, help="override the report's number of epochs")
-    train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     train.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="fp32 is bit-faithful; auto uses bf16 autocast on CUDA only")
@@ -83,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=PROFILE_NAMES, default="full",
                      help="full: the report's schedule on all of MNIST; smoke: small subsets, minutes on a CPU")
     run.add_argument("--device", choices=DEVICES, help="passed to the notebooks that train (their default: auto)")
-    run.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct,
+    run.add_argument("--seeds", type=_seed, nargs="+", action=_Distinct,
                      help="train each experiment once per seed")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
@@ -93,14 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="train experiments × seeds × overrides as Ray tasks into the run cache")
     sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
                        help=f"experiments ({', '.join(EXPERIMENT_NAMES)}) or variants such as 'cnn[hflip=true]'")
-    sweep.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct, default=[0],
+    sweep.add_argument("--seeds", type=_seed, nargs="+", action=_Distinct, default=[0],
                        help="one run per seed (default: 0)")
     sweep.add_argument("--set", action="append", default=[], metavar="FIELD=V1,V2",
                        help="train a variant per value (e.g. --set lr=1e-3,3e-4 --set augmentation.hflip=true,false)")
     sweep.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose run cache, and its subsets")
     sweep.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where each run trains; cuda asks Ray for one GPU per run")
-    sweep.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else Ray started here)")
+    sweep.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else Ray started here, "
+                                          "on 127.0.0.1 only)")
+    sweep.add_argument("--connect-timeout", type=_positive_int, default=60, metavar="SECONDS",
+                       help="how long to wait for the cluster at --address (default: 60)")
     sweep.add_argument("--cpus-per-run", type=_positive_int,
                        help="threads (and Ray CPUs) per run on CPUs (default: every core, one run at a time)")
 
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="notebook names (default: all)")
     status.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
     status.add_argument("--device", choices=DEVICES, help="as for `run`: a change of parameter makes a notebook stale")
-    status.add_argument("--seeds", type=_non_negative_int, nargs="+", action=_Distinct, help="as for `run`")
+    status.add_argument("--seeds", type=_seed, nargs="+", action=_Distinct, help="as for `run`")
     status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="as for `run`")
 
@@ -121,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="build from stale artifacts anyway; the title page says what is stale")
     pack = commands.add_parser("pack", help="pack a profile's artifacts into one archive (e.g. from a GPU machine)")
     pack.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
-    pack.add_argument("--out", type=Path, help="the archive (default: artifacts/PROFILE.tar.gz)")
-    unpack = commands.add_parser("unpack", help="put a packed profile back under artifacts/, replacing that profile's")
-    unpack.add_argument("archive", type=Path, help="a file made by `mnist-lab pack`")
+    pack.add_argument("--out", type=Path,
+                      help="the archive: a new path or a regular file (default: artifacts/PROFILE.tar.gz)")
+    unpack = commands.add_parser("unpack", help="check a packed profile and put it back under artifacts/, "
+                                                "replacing that profile's")
+    unpack.add_argument("archive", type=Path,
+                        help="a file made by `mnist-lab pack`; refused whole unless it matches its manifest")
 
     bench = commands.add_parser("bench", help="time the trainer against the usual DataLoader loop on the report's models")
     bench.add_argument("--models", nargs="+", choices=BENCH_MODELS, metavar="MODEL", default=list(BENCH_MODELS),
@@ -184,7 +196,8 @@ def _sweep(args) -> None:
     from . import sweep
 
     summary = sweep.run(args.experiments, seeds=args.seeds, settings=args.set, profile=args.profile,
-                        address=args.address, device=args.device, cpus_per_run=args.cpus_per_run)
+                        address=args.address, device=args.device, cpus_per_run=args.cpus_per_run,
+                        connect_timeout=args.connect_timeout)
     if summary["failed"]:
         raise LabError(f"{len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])}; "
                        "the others are in the cache, and the same command retries the failed ones")
@@ -256,14 +269,34 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a folder that cannot be written, a disk full: the system's own words
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        return _interrupted(interruption)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: every clean-up that keeps the previous artifacts
+    intact on Ctrl-C runs for it too."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(interruption: BaseException) -> int:
+    """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM."""
+    if isinstance(interruption, Terminated):
+        print(TERMINATED, file=sys.stderr)
+        return 143
+    print(INTERRUPTED, file=sys.stderr)
+    return 130
 
 
 def entry_point() -> None:
     """The `mnist-lab` command: a process of the project's own, so process-wide settings go here, once."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         import os
 
@@ -272,9 +305,8 @@ def entry_point() -> None:
         memory.keep_freed_memory()  # this process trains on the CPU (train, bench's own runs)
         os.environ.update(memory.ENVIRONMENT)  # and so do the notebook kernels it starts
         code = main()
-    except KeyboardInterrupt:  # during start-up (importing torch), before main's own handler
-        print(INTERRUPTED, file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as interruption:  # during start-up (importing torch), before main's own handler
+        code = _interrupted(interruption)
     sys.exit(code)
 
 

@@ -12,8 +12,11 @@ second sweep resumes what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 import os
+import re
 import socket
 import statistics
 import tempfile
@@ -27,7 +30,7 @@ from .errors import LabError
 from .experiments import Experiment, get_experiment, parse_value, variant
 from .files import atomic_dir
 from .profiles import check_seeds, get_profile
-from .runs import check_replaceable, training_record
+from .runs import check_replaceable, run_directory, training_record
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Task:
 
     @property
     def directory(self) -> Path:
-        return Path("runs") / self.experiment.name / f"seed{self.seed}"
+        return run_directory(Path("runs"), self.experiment.name, self.seed)
 
 
 def parse_overrides(settings: list[str]) -> list[dict]:
@@ -70,8 +73,9 @@ def plan(names: list[str], seeds: list[int], overrides: list[dict], profile: str
 
 
 def is_cached(task: Task, profile: str) -> bool:
-    record = provenance.read_run_record(paths.profile_dir(profile) / task.directory)
-    return record is not None and record["fingerprint"] == task.fingerprint
+    directory = paths.profile_dir(profile) / task.directory
+    record = provenance.read_run_record(directory)
+    return record is not None and record["fingerprint"] == task.fingerprint and not provenance.run_file_problems(directory)
 
 
 def train_task(experiment: Experiment, seed: int, settings: dict, data, threads: int) -> dict:
@@ -97,6 +101,8 @@ def land(task: Task, profile: str, files: dict[str, bytes]) -> Path:
     """Write a returned run into the profile's cache, as a whole; it must be the run that was planned."""
     target = paths.profile_dir(profile) / task.directory
     check_replaceable(target)
+    if set(files) != set(provenance.RUN_FILES):
+        raise LabError(f"{task.experiment.name} seed {task.seed} came back with other files than a run writes")
     with atomic_dir(target) as staging:
         for name, content in files.items():
             (staging / name).write_bytes(content)
@@ -104,18 +110,21 @@ def land(task: Task, profile: str, files: dict[str, bytes]) -> Path:
         if record is None or record["fingerprint"] != task.fingerprint:
             raise LabError(f"{task.experiment.name} seed {task.seed} came back with another fingerprint: "
                            "the worker's code or data differ from this checkout's")
+        if provenance.run_file_problems(staging):
+            raise LabError(f"{task.experiment.name} seed {task.seed} came back damaged: "
+                           f"{provenance.run_file_problems(staging)[0]}")
     return target
 
 
 def run(names: list[str], *, seeds: list[int], settings: list[str], profile: str, address: str | None = None,
-        device: str = "cpu", cpus_per_run: int | None = None, printer=print) -> dict:
+        device: str = "cpu", cpus_per_run: int | None = None, connect_timeout: float = 60, printer=print) -> dict:
     """Plan, submit what is not cached, land each result as it finishes; returns a summary."""
     tasks = plan(names, seeds, parse_overrides(settings), profile, device)
     todo = [task for task in tasks if not is_cached(task, profile)]
     printer(f"sweep ({profile}): {len(tasks)} run(s), {len(tasks) - len(todo)} already cached, {len(todo)} to train")
     outcomes = {task.key: "cached" for task in tasks if task not in todo}
     if todo:
-        outcomes.update(_submit(todo, profile, address, device, cpus_per_run, printer))
+        outcomes.update(_submit(todo, profile, address, device, cpus_per_run, connect_timeout, printer))
     summary = _summary(tasks, outcomes, profile)
     for line in summary["table"]:
         printer(line)
@@ -123,25 +132,21 @@ def run(names: list[str], *, seeds: list[int], settings: list[str], profile: str
 
 
 def _submit(todo: list[Task], profile: str, address: str | None, device: str, cpus_per_run: int | None,
-            printer) -> dict:
+            connect_timeout: float, printer) -> dict:
     import ray
+    from ray._raylet import Config
 
     from .data import load_mnist
 
     settings = get_profile(profile)
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:  # an existing cluster: the package travels with the tasks
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]})
-    else:  # Ray started here, for this sweep, listening on loopback only (its default is the machine's address)
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    environment = dict(os.environ)
     try:
-        resources = ray.cluster_resources()
-        # One run per GPU; on CPUs, one run at a time with every core (measured: docs/performance.md).
-        gpus = resources.get("GPU", 0)
-        threads = cpus_per_run or max(1, int(min(resources.get("CPU", 1), os.cpu_count() or 1)))
-        options = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" and gpus else {"num_cpus": threads}
+        if address:  # an existing cluster: the package travels with the tasks
+            _connect(address, connect_timeout)
+        else:  # Ray started here, for this sweep
+            _start_local(printer)
+        options, threads = _per_run(device, cpus_per_run)
         remote = ray.remote(train_task).options(**options, max_retries=0)
         data = ray.put(load_mnist())  # the workers need no copy of MNIST of their own
         run_settings = {"device": device, "limit_train": settings.limit_train, "limit_test": settings.limit_test}
@@ -165,6 +170,194 @@ def _submit(todo: list[Task], profile: str, address: str | None, device: str, cp
         return outcomes
     finally:
         ray.shutdown()
+        _put_back({**dict.fromkeys(os.environ), **environment})  # Ray's own additions too (its token mode)
+        Config.initialize("")  # and Ray's config in this process from it again (see _ray_environment)
+
+
+def _put_back(saved: dict) -> None:
+    """Environment variables as they were: each its value, or None for one that was not set."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        elif os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _per_run(device: str, cpus_per_run: int | None) -> tuple[dict, int]:
+    """Ray's options and the threads of one run: one run per GPU; on CPUs, one run at a time with
+    every core of a node (measured: docs/performance.md). A run is one task, on one node: asking
+    for more CPUs than the largest node has would wait for ever, so it is refused here."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    cpus = int(max([node.get("CPU", 0) for node in nodes], default=0))
+    gpus = max([node.get("GPU", 0) for node in nodes], default=0)
+    threads = cpus_per_run or max(1, min(cpus, os.cpu_count() or 1))
+    if device == "cuda" and gpus:
+        return {"num_gpus": 1, "num_cpus": 1}, threads
+    if threads > cpus:
+        asked = f"--cpus-per-run {threads}" if cpus_per_run else "a run (1 CPU)"
+        raise LabError(f"{asked} is more than any node of the Ray cluster has (the largest has {cpus} CPUs): "
+                       "it would wait for ever")
+    return {"num_cpus": threads}, threads
+
+
+# A local sweep's Ray, on a machine that may be busy. In ray 2.60 the wait that fails first under
+# load is fixed: the raylet gives its dashboard agent 15 s to report its ports, then aborts
+# (raylet binary: NodeManager::WaitForDashboardAgentPorts, 15000 ms), and ray.init then reports
+# "node timed out during startup". So a start that timed out is tried again, after ending what it
+# left running; the waits that can be set are raised.
+LOCAL_STARTS = 3
+LOCAL_SETTINGS = {
+    # 0: 127.0.0.1 stays 127.0.0.1, so every service (GCS, raylet, agents, workers) binds to loopback
+    # only (otherwise Ray swaps in the machine's address: see _ray_environment)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_gcs_server_port_wait_time_s": "120",  # the GCS reporting its port (default 30 s), then answering
+    # ray.init's wait for the raylet to register (each look waits this long: default 10 s). Not
+    # more: a raylet that aborted never registers, and the start is retried only after this.
+    "RAY_raylet_start_wait_time_s": "60",
+    "RAY_worker_register_timeout_seconds": "600",  # a worker importing Ray before it registers (default 60 s)
+}
+
+
+def _start_local(printer) -> None:
+    """Ray on this machine for this sweep, on 127.0.0.1 only; one line if it cannot start."""
+    import ray
+
+    for attempt in range(1, LOCAL_STARTS + 1):
+        before = _descendants()
+        try:
+            with _ray_environment(LOCAL_SETTINGS, loopback=True):
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+            return
+        except Exception as error:
+            ray.shutdown()
+            _stop_started_since(before)  # a failed start leaves Ray's GCS and helpers running
+            timed_out = "timed out during startup" in str(error)
+            if not timed_out or attempt == LOCAL_STARTS:
+                busy = f" ({attempt} attempts: the machine may be too busy)" if timed_out else ""
+                raise LabError(f"Ray could not start on this machine: {_reason(error)}{busy}") from None
+            printer(f"  Ray's start-up timed out (a busy machine?); starting it again ({attempt + 1}/{LOCAL_STARTS})")
+
+
+def _descendants() -> set[int]:
+    import psutil  # a dependency of Ray's
+
+    return {process.pid for process in psutil.Process().children(recursive=True)}
+
+
+def _stop_started_since(before: set[int]) -> None:
+    """End the processes this one started since `before` was taken, and only those."""
+    import psutil
+
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=10)  # and reaped: no zombies left behind
+
+
+def _connect(address: str, seconds: float) -> None:
+    """ray.init on an existing cluster within `seconds`, or one line with Ray's reason.
+
+    Ray's own loop tries 20 times, up to ~40 s each, so an address where nothing answers waited
+    for minutes: a plain TCP connection answers at once for the common cases, and Ray's
+    connection settings are cut to fit what is left of the limit."""
+    import ray
+
+    deadline = time.monotonic() + seconds
+    host_port = _host_port(address)
+    if host_port:
+        _probe(address, *host_port, seconds)
+    left = max(1.0, deadline - time.monotonic())
+    try:
+        with _ray_environment(_connect_settings(left), loopback=bool(host_port) and _is_loopback(host_port[0])):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]})
+    except Exception as error:
+        reason = _reason(error)
+        if "timed out" in reason.lower():
+            raise LabError(f"no answer from the Ray cluster at {address} within {seconds:g} s "
+                           f"(--connect-timeout): {reason}") from None
+        raise LabError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+
+
+def _connect_settings(seconds: float) -> dict:
+    """One attempt, its waits (connecting, then waiting for the GCS to answer) within `seconds`."""
+    return {"RAY_gcs_server_port_wait_time_s": "1",  # attempts of about a second each, plus the waits below
+            "RAY_gcs_rpc_server_connect_timeout_s": str(max(1, int(seconds / 5))),  # twice: GCS, its pubsub
+            "RAY_py_gcs_connect_timeout_s": str(max(1, int(seconds / 2)))}
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """("10.0.0.5", 6379) from "10.0.0.5:6379" (also "ray://…", "[::1]:6379"); None for Ray's other forms ("auto")."""
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _probe(address: str, host: str, port: int, seconds: float) -> None:
+    """A plain TCP connection to the cluster's address: refused or silent, say so now."""
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            pass
+    except TimeoutError:
+        raise LabError(f"no answer from the Ray cluster at {address} within {seconds:g} s (--connect-timeout)") from None
+    except ConnectionRefusedError:
+        raise LabError(f"cannot connect to the Ray cluster at {address}: nothing is listening there "
+                       "(connection refused)") from None
+    except OSError as error:
+        raise LabError(f"cannot connect to the Ray cluster at {address}: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def _ray_environment(settings: dict, loopback: bool):
+    """Ray's settings for one ray.init: in this process's environment only while it runs (the
+    processes it starts inherit them), then the environment as it was.
+
+    Ray reads them when it is imported, so its copies are refreshed here: its C++ config
+    (Config.initialize, as Ray does for its own token mode), its cached token, and the flag that
+    makes it replace 127.0.0.1 with the machine's address (ENABLE_RAY_CLUSTER, read at import from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: ray/_private/services.py, resolve_ip_for_localhost and
+    get_node_ip_address). The C++ config keeps them until _submit refreshes it after shutdown."""
+    import ray._private.ray_constants as constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    saved = {name: os.environ.get(name) for name in settings}
+    flag = constants.ENABLE_RAY_CLUSTER
+    os.environ.update(settings)
+    if loopback:
+        constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()  # the token in the environment now, or none
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = flag
+        _put_back(saved)
+
+
+def _reason(error: BaseException) -> str:
+    """Ray's own words for a failure, on one line: the innermost error it chained, and of a
+    traceback it quotes ("Last connection error: Traceback ..."), the last line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:
+        text = text.splitlines()[-1]
+    text = re.sub(r"^[\w.]+(Error|Exception): ", "", " ".join(text.split()))
+    return text or type(error).__name__
 
 
 def _summary(tasks: list[Task], outcomes: dict, profile: str) -> dict:

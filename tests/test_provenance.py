@@ -82,7 +82,7 @@ def test_a_changed_package_module_makes_its_users_stale(tiny_project):
 
 
 def test_a_changed_parameter_makes_the_notebook_stale(tiny_project):
-    assert _status(parameters={"scale": 3})["alpha"] == ["parameter scale changed (1 -> 3)"]
+    assert _status(parameters={"scale": 3})["alpha"] == ["parameter scale changed (1 → 3)"]
 
 
 def test_changed_data_makes_every_notebook_stale(tiny_project):

@@ -314,7 +314,7 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
         reasons.append(f"MNIST data changed ({', '.join(changed)})")
     for key, value in parameters.items():
         if record["parameters"].get(key) != value:
-            reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} -> {value!r})")
+            reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} → {value!r})")
     for relative, fingerprint in record["runs"].items():
         try:
             run_directory = paths.inside(profile_dir, relative, "run")

@@ -18,6 +18,7 @@ import os
 import sys
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -34,8 +35,9 @@ from ..files import atomic_path, write_json, write_text
 from ..profiles import check_seeds, get_profile
 from . import provenance
 from .notebooks import PROGRESS_FILE, SESSION_FILE, STAGING_VARIABLE
-from ..runs import Run, load_run, run_directory, save_run, training_record
-from ..train import fit
+
+if TYPE_CHECKING:
+    from ..runs import Run
 
 # Vector PDFs that journals accept (TrueType, not Type 3, fonts) and that are byte-stable
 # across re-runs (no creation date).
@@ -86,6 +88,10 @@ class Workbook:
 
     def run(self, experiment_name: str, seed: int = 0) -> Run:
         """Train the experiment, or read the saved run if its inputs have not changed."""
+        # Imported here: a notebook that trains nothing does not go stale when the trainer changes.
+        from ..runs import load_run, run_directory, save_run, training_record
+        from ..train import fit
+
         experiment = self.recipe(experiment_name)
         device = resolve_device(self.device)
         key = training_record(experiment, seed, device=str(device), limit_train=self.profile.limit_train,
