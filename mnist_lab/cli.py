@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
     run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar per notebook")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no bar of each notebook's cells (drawn only on a terminal; a log gets the epoch lines alone)")
 
     sweep = commands.add_parser("sweep", help="train experiments × seeds × overrides as Ray tasks into the run cache")
     sweep.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
@@ -171,7 +172,7 @@ def _run(args) -> None:
 
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
-                          force=args.force, progress=not args.no_progress)
+                          force=args.force, progress=not args.no_progress and sys.stderr.isatty())
 
 
 def _status(args) -> None:

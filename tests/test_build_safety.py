@@ -158,6 +158,7 @@ def test_case2_ctrl_c_to_the_whole_group_mid_cell_is_the_one_line(project, throu
         assert process.returncode == 130 and [line for line in stderr.splitlines() if line.strip()] == [INTERRUPTED]
     else:
         assert process.returncode != 0
+        assert "Executing" not in printed  # papermill's cell bar is drawn on a terminal only, never into a log
     assert _snapshot(project / "artifacts" / "smoke") == before
 
 
