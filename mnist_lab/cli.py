@@ -259,8 +259,8 @@ def _bench(args) -> None:
     print(benchmark.table(report))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    args = args or build_parser().parse_args(argv)
     try:
         {"train": _train, "run": _run, "sweep": _sweep, "status": _status, "report": _report,
          "pack": _pack, "unpack": _unpack, "bench": _bench}[args.command](args)
@@ -299,13 +299,14 @@ def entry_point() -> None:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        args = build_parser().parse_args()  # first: --help and typos answer before torch is imported
         import os
 
         from .speed import memory
 
         memory.keep_freed_memory()  # this process trains on the CPU (train, bench's own runs)
         os.environ.update(memory.ENVIRONMENT)  # and so do the notebook kernels it starts
-        code = main()
+        code = main(args=args)
     except KeyboardInterrupt as interruption:  # during start-up (importing torch), before main's own handler
         code = _interrupted(interruption)
     sys.exit(code)

@@ -80,3 +80,10 @@ def test_help_answers_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", "import sys\nfrom mnist_lab.cli import build_parser\n"
                            "build_parser()\nprint('torch' in sys.modules)"], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_command_answers_help_before_importing_torch():
+    script = ("import sys\nsys.argv = ['mnist-lab', 'run', '--help']\nfrom mnist_lab.cli import entry_point\n"
+              "try:\n    entry_point()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "usage: mnist-lab run" in done.stdout and done.stdout.strip().endswith("False"), done.stderr
