@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -98,3 +99,30 @@ def test_a_changed_result_is_listed_on_the_terminal_and_the_index(project, capsy
     assert provenance.read_record("smoke", "trains")["changes"]["macros"] == [["Accuracy", old, new]]
     index = (project / "artifacts" / "smoke" / "index.html").read_text()
     assert f"<code>Accuracy</code> {old} &rarr; {new}" in index
+
+
+@needs_browser
+def test_script_carried_by_an_executed_notebook_never_runs_on_its_page(tmp_path, monkeypatch, browser):
+    """An executed notebook may come from another machine (`mnist-lab unpack`): whatever its
+    outputs and prose carry, the page's content security policy runs no script."""
+    import nbformat
+
+    from mnist_lab import paths
+    from mnist_lab.build import html
+
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
+    attack = "document.title = 'pwned'"
+    cell = nbformat.v4.new_code_cell("1", outputs=[
+        nbformat.v4.new_output("display_data", {"text/html": f"<script>{attack}</script>",
+                                                "application/javascript": attack}),
+        nbformat.v4.new_output("display_data", {"text/html": f'<img src="x" onerror="{attack}">'})])
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Hostile\n<script>{attack}</script>"),
+                                               cell])
+    executed = tmp_path / "smoke" / "notebooks" / "hostile.ipynb"
+    executed.parent.mkdir(parents=True)
+    nbformat.write(notebook, executed)
+    page = html.export("hostile", "smoke")
+    assert 'http-equiv="Content-Security-Policy"' in page.read_text().split("</head>")[0]
+    browser.get(page.as_uri())
+    time.sleep(0.5)  # an onerror handler fires after the image fails
+    assert browser.title != "pwned"

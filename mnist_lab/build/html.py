@@ -33,6 +33,10 @@ TEMPLATES = Path(__file__).with_name("templates")
 _MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\$)(.+?)(?<!\\)\$", re.DOTALL)
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 _PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
+# The pages need no script at all: this policy, in each page's head, has the browser run none,
+# inline or not, whatever an executed notebook from another machine carries in its outputs.
+CONTENT_SECURITY_POLICY = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+                           'img-src data: file:; style-src \'unsafe-inline\' data:; font-src data:">')
 # What the pages read from a notebook's record (report.py's checks); `device` is printed as text
 # whatever it is, and `changes` is checked on its own (_changes_problem).
 PAGE_FIELDS = {"parameters": OBJECT, "started": STRING, "wall_seconds": NUMBER, "outputs": OBJECT}
@@ -127,7 +131,8 @@ def export(name: str, profile: str) -> Path | None:
     notebook = nbformat.read(source, as_version=4)
     formulas = _prepare(notebook)
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
-    body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": _header(name, *page_record(profile, name))})
+    body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": _header(name, *page_record(profile, name)),
+                                                               "content_security_policy": CONTENT_SECURITY_POLICY})
     body = re.sub(r"MNISTLABFORMULA(\d{5})X", lambda match: formulas[int(match.group(1))], body)
     write_text(target, body)
     return target
@@ -180,7 +185,7 @@ def index_html(profile: str) -> str:
     pdf = ('<p><a href="report.pdf">The report (PDF)</a></p>' if (directory / "report.pdf").is_file()
            else f"<p>No PDF yet: <code>mnist-lab report --profile {profile}</code> builds it.</p>")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mnist-lab: the {profile} workbook</title>
+<html lang="en"><head><meta charset="utf-8">{CONTENT_SECURITY_POLICY}<title>mnist-lab: the {profile} workbook</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #1f2328; }}
 table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #d0d7de; padding: 0.4em; text-align: left; vertical-align: top; }}
