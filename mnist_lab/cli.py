@@ -254,8 +254,12 @@ def _unpack(args) -> None:
 def _bench(args) -> None:
     from .bench import benchmark
 
-    report = benchmark.run(tuple(args.models), images=args.images, repeats=args.repeats,
-                       full_schedule=args.full_schedule, root=args.data_root, out=args.out)
+    from .machine import cpu_slot
+
+    # The whole benchmark holds the machine's CPU slot; its two sides, which it starts, take turns under it.
+    with cpu_slot("the benchmark"):
+        report = benchmark.run(tuple(args.models), images=args.images, repeats=args.repeats,
+                               full_schedule=args.full_schedule, root=args.data_root, out=args.out)
     print(benchmark.table(report))
 
 

@@ -30,6 +30,7 @@ from .data import Mnist, Split, load_mnist, normalize, pixels
 from .device import environment, resolve_device
 from .errors import LabError
 from .experiments import Experiment
+from .machine import cpu_slot
 from .models import count_parameters, create_model
 from .speed import accelerate, memory_format, optimizer_options
 from .speed.cuda import StepGraph, captured_optimizer
@@ -95,17 +96,20 @@ def deterministic_kernels(on: bool = True):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def _with_deterministic_kernels(train):
-    """`fit(deterministic=True)` trains inside `deterministic_kernels()`."""
+def _training_context(train):
+    """`fit` trains inside `deterministic_kernels()` when asked, and on the CPU in the machine's
+    CPU slot (`machine.cpu_slot`: one CPU training at a time)."""
     @functools.wraps(train)
-    def wrapper(*args, deterministic: bool = False, **kwargs):
-        with deterministic_kernels(deterministic):
-            return train(*args, deterministic=deterministic, **kwargs)
+    def wrapper(experiment: Experiment, *, deterministic: bool = False, **kwargs):
+        on_cpu = resolve_device(kwargs.get("device", "auto")).type == "cpu"
+        slot = cpu_slot(f"{experiment.name} seed {kwargs.get('seed', 0)}") if on_cpu else contextlib.nullcontext()
+        with slot, deterministic_kernels(deterministic):
+            return train(experiment, deterministic=deterministic, **kwargs)
 
     return wrapper
 
 
-@_with_deterministic_kernels
+@_training_context
 def fit(
     experiment: Experiment,
     *,

@@ -13,6 +13,7 @@ together only when the whole notebook has run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -89,6 +90,7 @@ class Workbook:
     def run(self, experiment_name: str, seed: int = 0) -> Run:
         """Train the experiment, or read the saved run if its inputs have not changed."""
         # Imported here: a notebook that trains nothing does not go stale when the trainer changes.
+        from ..machine import cpu_slot
         from ..runs import load_run, run_directory, save_run, training_record
         from ..train import fit
 
@@ -102,14 +104,24 @@ class Workbook:
         if cached is None or cached["fingerprint"] != key or provenance.run_file_problems(directory):
             # An interrupted run left its last completed epoch here; fit() resumes from it.
             checkpoint = directory.parent / f".{directory.name}.{key[:12]}.checkpoint.pt"
-            result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
-                         limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint,
-                         **self._progress(experiment, seed))
+            on_cpu = device.type == "cpu"  # one CPU training per machine; the runner's terminal says who waits
+            with cpu_slot(f"{experiment.name} seed {seed}", announce=self._say) if on_cpu else contextlib.nullcontext():
+                result = fit(experiment, seed=seed, device=self.device, limit_train=self.profile.limit_train,
+                             limit_test=self.profile.limit_test, data=self.data, checkpoint=checkpoint,
+                             **self._progress(experiment, seed))
             save_run(result, directory)
             checkpoint.unlink()
         self._runs[str(directory.relative_to(self.directory))] = key
         self._record_session()
         return load_run(directory)
+
+    def _say(self, line: str) -> None:
+        """A line for the runner's terminal (explored by hand: the cell's output)."""
+        if self.outputs == self.directory:
+            print(line, file=sys.stderr, flush=True)
+            return
+        with open(self.outputs / PROGRESS_FILE, "a") as log:
+            log.write(line + "\n")
 
     def _progress(self, experiment: Experiment, seed: int) -> dict:
         """Under the runner: text progress bars (the kept notebook shows where they ended) and one
