@@ -64,6 +64,25 @@ run = wb.run("basic_cnn", seeds[0])
 wb.macro("Accuracy", f"{run.metrics['test_accuracy']:.2f}")'''
 
 
+@contextlib.contextmanager
+def lock_held_elsewhere(profile: str = "smoke"):
+    """The profile's lock held by another process (as `run (test)`) until the block ends, when
+    that process is killed, as a crashed holder would be; yields the process."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom mnist_lab.build.lock import profile_lock\n"
+         f"with profile_lock({profile!r}, 'run (test)'):\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def make_notebook(path: Path, parameters: str, code: str) -> None:
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),

@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from mnist_lab.build import archive
 from mnist_lab.build.lock import lock_path, profile_lock
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
+
+from conftest import lock_held_elsewhere
 
 VICTIM_TEXT = "the user's own file, outside the project\n"
 
@@ -336,14 +336,6 @@ def test_a_device_node_is_refused_without_writing_to_it():
 
 
 def test_unpack_while_another_process_holds_the_lock_is_refused(project, packed, victim, capsys):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom mnist_lab.build.lock import profile_lock\n"
-         "with profile_lock('smoke', 'run (test)'):\n    print('held', flush=True)\n    time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere() as holder:
         error = _refused(capsys, project, victim, ["unpack", str(packed)])
         assert f"in use by `mnist-lab run (test) (pid {holder.pid})`" in error
-    finally:
-        holder.kill()
-        holder.wait()

@@ -24,7 +24,7 @@ from mnist_lab.build.lock import profile_lock
 from mnist_lab.cli import INTERRUPTED, main
 from mnist_lab.files import atomic_dir, atomic_path
 
-from conftest import SLOW, make_notebook
+from conftest import SLOW, lock_held_elsewhere, make_notebook
 
 
 HAVE_TEX = shutil.which("latexmk") is not None
@@ -261,21 +261,13 @@ def test_case5_editing_one_recipe_retrains_that_model_alone(project):
 
 
 def test_case6_a_second_run_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(project, capsys):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom mnist_lab.build.lock import profile_lock\n"
-         "with profile_lock('smoke', 'run (test)'):\n    print('held', flush=True)\n    time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere() as holder:  # SIGKILLed at the end of the block
         assert main(["run", "--profile", "smoke", "--force", "--no-progress", "slow"]) == 1
         error = capsys.readouterr().err
         assert f"in use by `mnist-lab run (test) (pid {holder.pid})`" in error and error.count("\n") == 1
         if HAVE_TEX:
             assert main(["report", "--profile", "smoke"]) == 1
             assert f"pid {holder.pid}" in capsys.readouterr().err
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     with profile_lock("smoke", "run"):  # the dead holder's lock is free
         pass
     assert main(["run", "--profile", "smoke", "--force", "--no-progress", "slow"]) == 0
