@@ -122,7 +122,9 @@ def test_script_carried_by_an_executed_notebook_never_runs_on_its_page(tmp_path,
     executed.parent.mkdir(parents=True)
     nbformat.write(notebook, executed)
     page = html.export("hostile", "smoke")
-    assert 'http-equiv="Content-Security-Policy"' in page.read_text().split("</head>")[0]
+    head = page.read_text().split("</head>")[0]
+    assert 'http-equiv="Content-Security-Policy"' in head
+    assert "<title>Hostile</title>" in head  # titled with its heading
     browser.get(page.as_uri())
     time.sleep(0.5)  # an onerror handler fires after the image fails
     assert browser.title != "pwned"

@@ -117,6 +117,16 @@ def _prepare(notebook) -> list[str]:
     return formulas
 
 
+def _heading(notebook, name: str) -> str:
+    """The notebook's first Markdown heading, as a reader would name the page; else its file's name."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip() or name
+    return name
+
+
 def export(name: str, profile: str) -> Path | None:
     """Write html/<name>.html from the executed notebook, unless it is already newer than it."""
     import nbformat
@@ -129,6 +139,7 @@ def export(name: str, profile: str) -> Path | None:
     if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
     notebook = nbformat.read(source, as_version=4)
+    notebook.metadata["title"] = _heading(notebook, name)  # the page's <title> (the template escapes it)
     formulas = _prepare(notebook)
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
     body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": _header(name, *page_record(profile, name)),
