@@ -110,9 +110,9 @@ def land(task: Task, profile: str, files: dict[str, bytes]) -> Path:
         if record is None or record["fingerprint"] != task.fingerprint:
             raise LabError(f"{task.experiment.name} seed {task.seed} came back with another fingerprint: "
                            "the worker's code or data differ from this checkout's")
-        if provenance.run_file_problems(staging):
-            raise LabError(f"{task.experiment.name} seed {task.seed} came back damaged: "
-                           f"{provenance.run_file_problems(staging)[0]}")
+        problems = provenance.run_file_problems(staging)
+        if problems:
+            raise LabError(f"{task.experiment.name} seed {task.seed} came back damaged: {problems[0]}")
     return target
 
 

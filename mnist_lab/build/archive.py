@@ -30,6 +30,7 @@ from .. import paths
 from ..errors import LabError
 from ..files import atomic_dir, atomic_path
 from ..profiles import get_profile
+from . import provenance
 from .lock import profile_lock
 
 MANIFEST = "MANIFEST.json"
@@ -367,12 +368,12 @@ def _check_records(staging: Path, archive_path: Path, files: dict) -> None:
             record = json.loads((staging / relative).read_text())
         except ValueError:
             record = None
-        if not (isinstance(record, dict) and isinstance(record.get("outputs"), dict)
-                and isinstance(record.get("runs"), dict) and isinstance(record.get("sources", {}), dict)):
-            raise _refused(archive_path, f"{relative} is not a provenance record (no outputs and runs)")
+        problem = provenance.record_problem(record)  # the shape the runner writes and reads back
+        if problem:
+            raise _refused(archive_path, f"{relative} is not a provenance record ({problem})")
         for field, folder, where in (("outputs", staging, "profile"), ("runs", staging, "profile"),
                                      ("sources", paths.ROOT, "project")):
-            for key in record.get(field, {}):
+            for key in record[field]:
                 try:
                     paths.inside(folder, key, field)
                 except LabError:
