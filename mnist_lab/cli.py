@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-test", type=_positive_int, help="evaluate on the first N test images")
     train.add_argument("--data-root", type=Path, help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA or data/)")
     train.add_argument("--download", action="store_true", help="fetch missing MNIST files with torchvision")
-    train.add_argument("--out", type=Path, help="run directory (default: artifacts/runs/EXPERIMENT-seedS)")
+    train.add_argument("--out", type=Path, help="also copy the run directory here (the run cache: artifacts/runs/)")
     train.add_argument("--deterministic", action="store_true",
                        help="on a GPU, deterministic kernels only (slower); the CPU always is")
     train.add_argument("--faithful", action="store_true",
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
     run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
+    run.add_argument("--address", help="train the missing runs as Ray tasks on this cluster (as `sweep --address`)")
     run.add_argument("--no-progress", action="store_true",
                      help="no bar of each notebook's cells (drawn only on a terminal; a log gets the epoch lines alone)")
 
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--seeds", type=_seed, nargs="+", action=_Distinct, help="as for `run`")
     status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="as for `run`")
+    status.add_argument("--runs", action="store_true",
+                        help="list the profile's run cache instead: each run's key, names, settings and freshness")
 
     report = commands.add_parser("report", help="build the LaTeX report from a profile's artifacts into a PDF")
     report.add_argument("--profile", choices=PROFILE_NAMES, default="full",
@@ -168,20 +171,24 @@ def _parameters(args) -> tuple[dict, dict]:
 
 
 def _run(args) -> None:
-    from .build import notebooks
+    from .workbook import notebooks
 
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
-                          force=args.force, progress=not args.no_progress and sys.stderr.isatty())
+                          force=args.force, progress=not args.no_progress and sys.stderr.isatty(),
+                          address=args.address)
 
 
 def _status(args) -> None:
-    from .build import notebooks, provenance
+    from .workbook import notebooks, provenance
     from . import paths
 
     parameters, shared = _parameters(args)
     directory = paths.profile_dir(args.profile)
     print(f"profile {args.profile}: {directory}")
+    if args.runs:
+        _list_runs(args.profile)
+        return
     for name in args.notebooks or notebooks.available():
         reasons = notebooks.status(name, args.profile, parameters, shared)
         record = provenance.read_record(args.profile, name) or {"outputs": {}}
@@ -191,6 +198,31 @@ def _status(args) -> None:
             print(f"    because {reason}")
         for output in record["outputs"]:
             print(f"    {'stale' if reasons else 'fresh'}  {output}")
+
+
+def _list_runs(profile: str) -> None:
+    """Every run in the profile's cache: its key, the names it goes by, its settings, whether its
+    code still matches; and whether any two runs share a spec (each spec should train once)."""
+    import json
+
+    from .runs import for_profile
+    from .runs.cache import staleness
+
+    cache = for_profile(profile)
+    names, runs = cache.names(), cache.runs()
+    values = [json.dumps((record or {}).get("inputs"), sort_keys=True) for _, record in runs]
+    print(f"runs in {cache.folder}: {len(runs)}, {len(set(values))} distinct specs")
+    for directory, record in runs:
+        key = (record or {}).get("fingerprint", "")
+        called = ", ".join(names.get(key, [])) or "(no name)"
+        reasons = staleness(directory, name="it")
+        inputs = (record or {}).get("inputs") or {}
+        recipe = inputs.get("recipe") or {}
+        print(f"  {directory.name}  {called}: {recipe.get('model')}, {recipe.get('epochs')} epochs, seed "
+              f"{inputs.get('seed')}, {inputs.get('device')}: {'STALE: ' + '; '.join(reasons) if reasons else 'fresh'}")
+    repeated = len(values) - len(set(values))
+    if repeated:
+        print(f"  {repeated} run(s) repeat another's spec")
 
 
 def _sweep(args) -> None:
@@ -205,47 +237,64 @@ def _sweep(args) -> None:
 
 
 def _report(args) -> None:
-    from .build import report
+    from .workbook import report
 
     pdf, changed = report.build(args.profile, force=args.force, verbose=args.verbose, allow_stale=args.allow_stale)
     print(f"report ({args.profile}): {pdf} ({'rebuilt' if changed else 'up to date'})")
 
 
 def _train(args) -> None:
+    import shutil
+
     from .data import load_mnist
     from .experiments import get_experiment
-    from .runs import check_replaceable, save_run
+    from .files import atomic_dir
+    from .runs import RunCache, check_replaceable
+    from .spec import RunSpec
     from .train import fit
 
     experiment = get_experiment(args.experiment)
     if args.epochs:
         experiment = experiment.replace(epochs=args.epochs)
-    out = (args.out or paths.ARTIFACTS / "runs" / f"{experiment.name}-seed{args.seed}").resolve()
-    check_replaceable(out)  # before training, not after: never the user's own files
+    spec = RunSpec.of(experiment, args.seed, device=args.device, precision=args.precision,
+                      limit_train=args.limit_train, limit_test=args.limit_test, fast=not args.faithful,
+                      cuda_graphs=not args.no_cuda_graphs, deterministic=args.deterministic)
+    out = args.out.resolve() if args.out else None
+    if out:
+        check_replaceable(out)  # before training, not after: never the user's own files
     data = load_mnist(args.data_root, download=args.download)
-    # Saved after every epoch: running the same command again after an interruption resumes.
-    checkpoint = out.parent / f".{out.name}.checkpoint.pt"
-    if checkpoint.exists():
-        print(f"found {checkpoint}: resuming after its last completed epoch if it is from the same recipe")
-    result = fit(experiment, seed=args.seed, device=args.device, precision=args.precision,
-                 limit_train=args.limit_train, limit_test=args.limit_test, data=data,
-                 progress=not args.no_progress, checkpoint=checkpoint, deterministic=args.deterministic,
-                 fast=not args.faithful, cuda_graphs=not args.no_cuda_graphs)
-    save_run(result, out)
-    checkpoint.unlink()
-    metrics = result.metrics
-    print(f"{experiment.name}: test accuracy {metrics['test_accuracy']:.2f}% after {metrics['epochs']} epochs, "
-          f"{metrics['train_images_per_second']:.0f} images/s; run saved to {out}")
+    cache = RunCache(paths.ARTIFACTS / "runs")  # `train`'s own cache: the same command twice trains once
+    run = cache.get(spec)
+    if run is None:
+        # Saved after every epoch: running the same command again after an interruption resumes.
+        checkpoint = cache.checkpoint(spec)
+        if checkpoint.exists():
+            print(f"found {checkpoint}: resuming after its last completed epoch")
+        run = cache.put(fit(spec, label=f"{experiment.name} seed {args.seed}", data=data,
+                            progress=not args.no_progress, checkpoint=checkpoint))
+        checkpoint.unlink(missing_ok=True)
+        verb = "trained"
+    else:
+        verb = "already in the run cache"
+    cache.label(experiment.name, spec)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(out) as staging:
+            for file in run.directory.iterdir():
+                shutil.copyfile(file, staging / file.name)
+    metrics = run.metrics
+    print(f"{experiment.name} seed {args.seed} ({verb}): test accuracy {metrics['test_accuracy']:.2f}% after "
+          f"{metrics['epochs']} epochs, {metrics['train_images_per_second']:.0f} images/s; run: {out or run.directory}")
 
 
 def _pack(args) -> None:
-    from .build import archive
+    from .workbook import archive
 
     print(f"packed the {args.profile} artifacts into {archive.pack(args.profile, args.out)}")
 
 
 def _unpack(args) -> None:
-    from .build import archive
+    from .workbook import archive
 
     profile = archive.unpack(args.archive)
     print(f"unpacked {args.archive} into {paths.profile_dir(profile)}; `mnist-lab report --profile {profile}` builds it")

@@ -104,6 +104,28 @@ def variant(base: str, overrides: dict) -> Experiment:
     return experiment.replace(name=f"{base}[{labels}]") if overrides else experiment
 
 
+OPTIMIZER_NAMES = {"sgd": "plain SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
+def describe_augmentation(augmentation: Augmentation) -> str:
+    """The augmentation in words, as the notebooks and the report print it (never typed by hand)."""
+    rotation = f"rotations of up to ±{augmentation.max_rotation:g}°" if augmentation.max_rotation else ""
+    if augmentation.hflip and rotation:
+        return f"random horizontal flips and {rotation}"
+    if augmentation.hflip:
+        return "random horizontal flips"
+    return f"random {rotation}" if rotation else "no augmentation"
+
+
+def describe(experiment: Experiment) -> str:
+    """A recipe in words: optimizer, learning rate and its schedule, epochs, batch size, augmentation."""
+    schedule = f", divided by {1 / experiment.lr_gamma:g} every {experiment.lr_step} epochs" if experiment.lr_step else ""
+    decay = f", weight decay {experiment.weight_decay:g}" if experiment.weight_decay else ""
+    return (f"{OPTIMIZER_NAMES[experiment.optimizer]} at learning rate {experiment.lr:g}{schedule}{decay}, "
+            f"{experiment.epochs} epochs in batches of {experiment.batch_size}, "
+            f"{describe_augmentation(experiment.augmentation)}")
+
+
 # Rotation range: the report does not give one; ±10° is the common choice for digits
 # (larger angles start to turn a 6 into a 9's neighbourhood).
 ROTATE = Augmentation(max_rotation=10.0)

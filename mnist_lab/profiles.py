@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import LabError
-from .experiments import Experiment
+
+if TYPE_CHECKING:  # a notebook that trains nothing does not import the recipes
+    from .experiments import Experiment
 
 
 @dataclass(frozen=True)

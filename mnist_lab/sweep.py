@@ -4,8 +4,9 @@ Every combination of experiment (or variant), seed and override is one Ray task.
 address, `ray.init()` starts Ray on this machine; with `--address` (or RAY_ADDRESS) the same
 sweep runs on an existing cluster. The run cache is the contract: each finished run comes back
 to this process as data (the files of its run directory, and the MNIST tensors go out the same
-way), and lands in artifacts/<profile>/runs/<experiment>/seed<S>/ under its fingerprint, exactly
-where `Workbook.run` looks, so the notebooks and the report use it without retraining. Runs
+way), and lands in the profile's run cache under its key, where the runner and the notebooks
+look, so they use it without retraining. `mnist-lab run --address` trains a build's missing
+runs the same way (`train_on_cluster`). Runs
 already cached are not submitted; a run that fails is reported and the others are kept, so a
 second sweep resumes what is missing.
 """
@@ -25,27 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
-from .build import provenance
 from .errors import LabError
-from .experiments import Experiment, get_experiment, parse_value, variant
+from .experiments import get_experiment, parse_value, variant
 from .files import atomic_dir
 from .profiles import check_seeds, get_profile
-from .runs import check_replaceable, run_directory, training_record
-
-
-@dataclass(frozen=True)
-class Task:
-    experiment: Experiment  # with the profile applied
-    seed: int
-    fingerprint: str
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return self.experiment.name, self.seed
-
-    @property
-    def directory(self) -> Path:
-        return run_directory(Path("runs"), self.experiment.name, self.seed)
+from .runs import RunCache, check_replaceable, for_profile
+from .runs.directory import RUN_FILES, read_run_record, run_file_problems
+from .runs.executor import Planned
+from .spec import RunSpec
 
 
 def parse_overrides(settings: list[str]) -> list[dict]:
@@ -59,37 +47,30 @@ def parse_overrides(settings: list[str]) -> list[dict]:
     return [dict(combination) for combination in itertools.product(*axes)]
 
 
-def plan(names: list[str], seeds: list[int], overrides: list[dict], profile: str, device: str) -> list[Task]:
-    """Every run of the sweep, checked (unknown fields, wrong types) before anything is submitted."""
+def plan(names: list[str], seeds: list[int], overrides: list[dict], profile: str, device: str,
+         threads: int | None = None) -> list[Planned]:
+    """Every run of the sweep, checked (unknown fields, wrong types) before anything is submitted;
+    each distinct spec once."""
     settings = get_profile(profile)
     check_seeds(seeds)
-    tasks = []
+    planned = []
     for name, override, seed in itertools.product(names, overrides or [{}], seeds):
         experiment = settings.apply(variant(name, override) if override else get_experiment(name))
-        record = training_record(experiment, seed, device=device, limit_train=settings.limit_train,
-                                 limit_test=settings.limit_test)
-        tasks.append(Task(experiment, seed, record["fingerprint"]))
-    return list({t.key: t for t in tasks}.values())  # each run once
+        spec = RunSpec.of(experiment, seed, device=device, limit_train=settings.limit_train,
+                          limit_test=settings.limit_test, threads=threads)
+        planned.append(Planned(experiment.name, spec))
+    return list({run.spec.key: run for run in planned}.values())
 
 
-def is_cached(task: Task, profile: str) -> bool:
-    directory = paths.profile_dir(profile) / task.directory
-    record = provenance.read_run_record(directory)
-    return record is not None and record["fingerprint"] == task.fingerprint and not provenance.run_file_problems(directory)
-
-
-def train_task(experiment: Experiment, seed: int, settings: dict, data, threads: int) -> dict:
+def train_task(spec: RunSpec, name: str, data) -> dict:
     """What runs in a Ray worker: train, save the run directory, return its files as bytes."""
-    import torch
-
-    from .runs import save_run
+    from .runs.directory import save_run
     from .speed import memory
     from .train import fit
 
-    torch.set_num_threads(threads)
     memory.keep_freed_memory()  # a worker is a process of the project's own
     start = time.perf_counter()
-    result = fit(experiment, seed=seed, data=data, progress=False, **settings)
+    result = fit(spec, label=name, data=data, progress=False)  # with the spec's own threads
     with tempfile.TemporaryDirectory() as folder:
         directory = save_run(result, Path(folder) / "run")
         files = {p.name: p.read_bytes() for p in directory.iterdir()}
@@ -97,48 +78,53 @@ def train_task(experiment: Experiment, seed: int, settings: dict, data, threads:
             "host": socket.gethostname()}
 
 
-def land(task: Task, profile: str, files: dict[str, bytes]) -> Path:
-    """Write a returned run into the profile's cache, as a whole; it must be the run that was planned."""
-    target = paths.profile_dir(profile) / task.directory
+def land(run: Planned, cache: RunCache, files: dict[str, bytes]) -> Path:
+    """Write a returned run into the cache, as a whole; it must be the run that was planned."""
+    target = cache.directory(run.spec)
     check_replaceable(target)
-    if set(files) != set(provenance.RUN_FILES):
-        raise LabError(f"{task.experiment.name} seed {task.seed} came back with other files than a run writes")
+    if set(files) != set(RUN_FILES):
+        raise LabError(f"{run.name} came back with other files than a run writes")
+    cache.folder.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as staging:
         for name, content in files.items():
             (staging / name).write_bytes(content)
-        record = provenance.read_run_record(staging)
-        if record is None or record["fingerprint"] != task.fingerprint:
-            raise LabError(f"{task.experiment.name} seed {task.seed} came back with another fingerprint: "
-                           "the worker's code or data differ from this checkout's")
-        problems = provenance.run_file_problems(staging)
+        record = read_run_record(staging)
+        if record is None or record["fingerprint"] != run.spec.key:
+            raise LabError(f"{run.name} came back with another key: the worker's code or data differ from this "
+                           "checkout's")
+        problems = run_file_problems(staging)
         if problems:
-            raise LabError(f"{task.experiment.name} seed {task.seed} came back damaged: {problems[0]}")
+            raise LabError(f"{run.name} came back damaged: {problems[0]}")
     return target
 
 
 def run(names: list[str], *, seeds: list[int], settings: list[str], profile: str, address: str | None = None,
         device: str = "cpu", cpus_per_run: int | None = None, connect_timeout: float = 60, printer=print) -> dict:
     """Plan, submit what is not cached, land each result as it finishes; returns a summary."""
-    tasks = plan(names, seeds, parse_overrides(settings), profile, device)
-    todo = [task for task in tasks if not is_cached(task, profile)]
-    printer(f"sweep ({profile}): {len(tasks)} run(s), {len(tasks) - len(todo)} already cached, {len(todo)} to train")
-    outcomes = {task.key: "cached" for task in tasks if task not in todo}
+    cache = for_profile(profile)
+    planned = plan(names, seeds, parse_overrides(settings), profile, device, threads=cpus_per_run)
+    todo = [run for run in planned if cache.problems(run.spec)]
+    printer(f"sweep ({profile}): {len(planned)} run(s), {len(planned) - len(todo)} already cached, {len(todo)} to train")
+    outcomes = {run.name: "cached" for run in planned if run not in todo}
     if todo:
-        outcomes.update(_submit(todo, profile, address, device, cpus_per_run, connect_timeout, printer))
-    summary = _summary(tasks, outcomes, profile)
+        failed = train_on_cluster(todo, cache, address=address, connect_timeout=connect_timeout, printer=printer)
+        outcomes.update({run.name: "failed" if run.name in failed else "trained" for run in todo})
+    cache.label_all([(run.label, run.spec) for run in planned if outcomes[run.name] != "failed"])
+    summary = _summary(planned, outcomes, cache)
     for line in summary["table"]:
         printer(line)
     return summary
 
 
-def _submit(todo: list[Task], profile: str, address: str | None, device: str, cpus_per_run: int | None,
-            connect_timeout: float, printer) -> dict:
+def train_on_cluster(todo: list[Planned], cache: RunCache, *, address: str | None, connect_timeout: float = 60,
+                     printer=print) -> list[str]:
+    """Train the runs `todo` as Ray tasks (on the cluster at `address`, else on Ray started here),
+    landing each in `cache` as it finishes; returns the names of those that failed."""
     import ray
     from ray._raylet import Config
 
     from .data import load_mnist
 
-    settings = get_profile(profile)
     address = address or os.environ.get("RAY_ADDRESS")
     environment = dict(os.environ)
     try:
@@ -146,28 +132,25 @@ def _submit(todo: list[Task], profile: str, address: str | None, device: str, cp
             _connect(address, connect_timeout)
         else:  # Ray started here, for this sweep
             _start_local(printer)
-        options, threads = _per_run(device, cpus_per_run)
-        remote = ray.remote(train_task).options(**options, max_retries=0)
+        remote = ray.remote(train_task)
         data = ray.put(load_mnist())  # the workers need no copy of MNIST of their own
-        run_settings = {"device": device, "limit_train": settings.limit_train, "limit_test": settings.limit_test}
-        pending = {remote.remote(task.experiment, task.seed, run_settings, data, threads): task for task in todo}
-        outcomes = {}
+        pending = {remote.options(**_per_run(run.spec), max_retries=0).remote(run.spec, run.name, data): run
+                   for run in todo}
+        failed = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
-            label = f"{task.experiment.name} seed {task.seed}"
+            run = pending.pop(done[0])
             try:
                 returned = ray.get(done[0])
-                land(task, profile, returned["files"])
+                land(run, cache, returned["files"])
             except Exception as error:  # a failed task: report it, keep the others
                 message = str(getattr(error, "cause", None) or error).strip().splitlines()
-                outcomes[task.key] = "failed"
-                printer(f"  {label}: FAILED: {message[-1] if message else type(error).__name__}")
+                failed.append(run.name)
+                printer(f"  {run.name}: FAILED: {message[-1] if message else type(error).__name__}")
                 continue
-            outcomes[task.key] = "trained"
-            printer(f"  {label}: test accuracy {returned['test_accuracy']:.2f}% in {returned['seconds']:.0f} s "
+            printer(f"  {run.name}: test accuracy {returned['test_accuracy']:.2f}% in {returned['seconds']:.0f} s "
                     f"on {returned['host']}")
-        return outcomes
+        return failed
     finally:
         ray.shutdown()
         _put_back({**dict.fromkeys(os.environ), **environment})  # Ray's own additions too (its token mode)
@@ -183,23 +166,23 @@ def _put_back(saved: dict) -> None:
             os.environ[name] = value
 
 
-def _per_run(device: str, cpus_per_run: int | None) -> tuple[dict, int]:
-    """Ray's options and the threads of one run: one run per GPU; on CPUs, one run at a time with
-    every core of a node (measured: docs/performance.md). A run is one task, on one node: asking
-    for more CPUs than the largest node has would wait for ever, so it is refused here."""
+def _per_run(spec: RunSpec) -> dict:
+    """Ray's resources for one run: one GPU for a CUDA run; on CPUs, as many CPUs as the run's
+    threads (by default every core here: one run at a time, measured in docs/performance.md).
+    A run is one task, on one node: asking for more CPUs than the largest node has would wait
+    for ever, so it is refused here."""
     import ray
 
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     cpus = int(max([node.get("CPU", 0) for node in nodes], default=0))
     gpus = max([node.get("GPU", 0) for node in nodes], default=0)
-    threads = cpus_per_run or max(1, min(cpus, os.cpu_count() or 1))
-    if device == "cuda" and gpus:
-        return {"num_gpus": 1, "num_cpus": 1}, threads
+    if spec.device == "cuda" and gpus:
+        return {"num_gpus": 1, "num_cpus": 1}
+    threads = spec.threads or 1
     if threads > cpus:
-        asked = f"--cpus-per-run {threads}" if cpus_per_run else "a run (1 CPU)"
-        raise LabError(f"{asked} is more than any node of the Ray cluster has (the largest has {cpus} CPUs): "
-                       "it would wait for ever")
-    return {"num_cpus": threads}, threads
+        raise LabError(f"a run of {threads} threads (--cpus-per-run) is more than any node of the Ray cluster has "
+                       f"(the largest has {cpus} CPUs): it would wait for ever")
+    return {"num_cpus": threads}
 
 
 # A local sweep's Ray, on a machine that may be busy. In ray 2.60 the wait that fails first under
@@ -360,22 +343,18 @@ def _reason(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def _summary(tasks: list[Task], outcomes: dict, profile: str) -> dict:
+def _summary(planned: list[Planned], outcomes: dict, cache: RunCache) -> dict:
     """Mean ± std of the final test accuracy per experiment, over the seeds whose runs are in the cache."""
-    from .runs import load_run
-
     accuracies: dict[str, list[float]] = {}
-    for task in tasks:
-        if outcomes.get(task.key) in ("trained", "cached"):
-            run = load_run(paths.profile_dir(profile) / task.directory)
-            accuracies.setdefault(task.experiment.name, []).append(run.metrics["test_accuracy"])
+    for run in planned:
+        if outcomes.get(run.name) in ("trained", "cached"):
+            accuracies.setdefault(run.label, []).append(cache.get(run.spec).metrics["test_accuracy"])
     width = max([len(name) for name in accuracies] + [10])
     table = [f"{'experiment':<{width}}  seeds  test accuracy (%)"]
     for name, values in accuracies.items():
         spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
         table.append(f"{name:<{width}}  {len(values):>5}  {statistics.mean(values):.2f}{spread}")
-    failed = [f"{t.experiment.name} seed {t.seed}" for t in tasks if outcomes.get(t.key) == "failed"]
+    failed = [run.name for run in planned if outcomes.get(run.name) == "failed"]
     if failed:
         table.append(f"failed: {', '.join(failed)} (run the same sweep again to retry them)")
-    return {"accuracies": accuracies, "outcomes": {f"{name}/seed{seed}": o for (name, seed), o in outcomes.items()},
-            "failed": failed, "table": table}
+    return {"accuracies": accuracies, "outcomes": outcomes, "failed": failed, "table": table}

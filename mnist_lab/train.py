@@ -9,7 +9,6 @@ on a NaN).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .augment import augment
+from .augment import Augmentation, augment
 from .checkpoint import restore as restore_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import Mnist, Split, load_mnist, normalize, pixels
@@ -33,20 +32,19 @@ from .experiments import Experiment
 from .machine import cpu_slot
 from .models import count_parameters, create_model
 from .speed import accelerate, memory_format, optimizer_options
+from .spec import RunSpec
 from .speed.cuda import StepGraph, captured_optimizer
 
 CHECK_EVERY = 50  # steps between NaN checks; each check waits for the device
 EVAL_BATCH = 1000  # evaluation needs no gradients, so it can take big batches
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
 class RunResult:
     """What one training run produced; `runs.save_run` writes it to a run directory."""
 
-    experiment: Experiment
-    seed: int
-    settings: dict  # device, precision, subset sizes: everything besides the recipe
+    spec: RunSpec
+    settings: dict  # device, precision, subset sizes as trained: everything besides the recipe
     history: pd.DataFrame  # one row per epoch; accuracies in percent
     labels: torch.Tensor  # test-set labels, on the CPU
     predictions: torch.Tensor  # test-set predicted classes after the last epoch
@@ -54,11 +52,19 @@ class RunResult:
     environment: dict = field(default_factory=dict)
 
     @property
+    def experiment(self) -> Experiment:
+        return self.spec.recipe
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
     def metrics(self) -> dict:
         last = self.history.iloc[-1]
         return {
-            "experiment": self.experiment.name,
-            "seed": self.seed,
+            "model": self.spec.recipe.model,
+            "seed": self.spec.seed,
             "epochs": int(last["epoch"]),
             "train_loss": float(last["train_loss"]),
             "train_accuracy": float(last["train_accuracy"]),
@@ -96,97 +102,94 @@ def deterministic_kernels(on: bool = True):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def _training_context(train):
-    """`fit` trains inside `deterministic_kernels()` when asked, and on the CPU in the machine's
-    CPU slot (`machine.cpu_slot`: one CPU training at a time)."""
-    @functools.wraps(train)
-    def wrapper(experiment: Experiment, *, deterministic: bool = False, **kwargs):
-        on_cpu = resolve_device(kwargs.get("device", "auto")).type == "cpu"
-        slot = cpu_slot(f"{experiment.name} seed {kwargs.get('seed', 0)}") if on_cpu else contextlib.nullcontext()
-        with slot, deterministic_kernels(deterministic):
-            return train(experiment, deterministic=deterministic, **kwargs)
-
-    return wrapper
-
-
-@_training_context
 def fit(
-    experiment: Experiment,
+    spec: RunSpec,
     *,
-    seed: int = 0,
-    device: str = "auto",
-    precision: str = "auto",
-    limit_train: int | None = None,
-    limit_test: int | None = None,
+    label: str | None = None,
     data: Mnist | None = None,
     progress: bool = True,
     bar=tqdm,
     checkpoint: str | Path | None = None,
-    deterministic: bool = False,
-    fast: bool = True,
-    cuda_graphs: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train `experiment` and evaluate it on the test set after every epoch.
+    """Train the run `spec` describes, evaluating on the test set after every epoch.
 
-    precision: `fp32` is bit-faithful; `bf16` autocasts matmuls and convolutions on a GPU;
-    `auto` means bf16 on CUDA and fp32 elsewhere.
+    label: what people call it (`vit seed 0`), for progress bars and errors; never part of the run.
+    data: MNIST already loaded (the default: loaded and verified here). A caller that passes a
+    subset of its own trains a run that is not the spec's, and keeps it out of the run cache.
     checkpoint: a file saved after every epoch; a run started again with it resumes after
     the last completed epoch (the caller deletes it once the result is saved).
-    deterministic: on a GPU, only deterministic kernels (slower); the CPU always is.
-    fast: apply `speed`'s device-specific speed-ups to the model (the same function, computed
-    faster); False trains the report's code exactly, with torch's default optimizer loop.
-    cuda_graphs: on CUDA with `fast`, capture each training step as a CUDA graph and replay it
-    (`speed.cuda`); False keeps the eager loop there too.
-    bar: the progress bar's class: tqdm.auto's (a widget in JupyterLab) by default; the runner's
-    kernels pass tqdm's text bar, whose last state is what the kept notebook shows.
-    on_epoch_end: called with each epoch's history row once the epoch is done and saved
-    (the benchmark uses it to take turns with the usual loop between epochs).
-    """
-    target = resolve_device(device)
-    precision = resolve_precision(precision, target.type)
-    data = data or load_mnist()
-    train_set = data.train.head(limit_train).to(target)
-    test_set = data.test.head(limit_test).to(target)
+    bar: the progress bar's class: tqdm.auto's (a widget in JupyterLab) by default.
+    on_epoch_end: called with each epoch's history row once the epoch is done and saved.
+    announce: where to say that the run waits for the machine's CPU slot (default: stderr).
 
-    torch.manual_seed(seed)  # model initialisation and dropout
-    generator = torch.Generator(target).manual_seed(seed)  # batch order and augmentation
+    On the CPU the run holds the machine's CPU slot (`machine.cpu_slot`: one CPU training at a
+    time), and with `spec.deterministic` it trains inside `deterministic_kernels()`.
+    """
+    label = label or f"{spec.recipe.model} seed {spec.seed}"
+    slot = cpu_slot(label, announce) if spec.device == "cpu" else contextlib.nullcontext()
+    with slot, deterministic_kernels(spec.deterministic), _threads(spec.threads):
+        return _fit(spec, label, data or load_mnist(), progress, bar, checkpoint, on_epoch_end)
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """The spec's CPU threads for the run, then the process's own again."""
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def _fit(spec: RunSpec, label: str, data: Mnist, progress: bool, bar, checkpoint, on_epoch_end) -> RunResult:
+    experiment = spec.recipe
+    target = resolve_device(spec.device)
+    train_set = data.train.head(spec.limit_train).to(target)
+    test_set = data.test.head(spec.limit_test).to(target)
+
+    torch.manual_seed(spec.seed)  # model initialisation and dropout
+    generator = torch.Generator(target).manual_seed(spec.seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
-    layout = memory_format(model, target) if fast else torch.contiguous_format
+    layout = memory_format(model, target) if spec.fast else torch.contiguous_format
     model = model.to(memory_format=layout)
-    trained = accelerate(model, target) if fast else model  # shares model's parameters
-    graphs = uses_cuda_graphs(target.type, fast=fast, cuda_graphs=cuda_graphs)
-    if graphs:
+    trained = accelerate(model, target) if spec.fast else model  # shares model's parameters
+    if spec.cuda_graphs:
         optimizer = captured_optimizer(model, experiment.optimizer, experiment.lr, experiment.weight_decay)
     else:
-        optimizer = make_optimizer(model, experiment, **(optimizer_options(target) if fast else {}))
+        optimizer = make_optimizer(model, experiment, **(optimizer_options(target) if spec.fast else {}))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, experiment.lr_step, experiment.lr_gamma) if experiment.lr_step else None
     autocast = (  # a graph cannot hold autocast's cache of cast weights
-        torch.autocast(target.type, dtype=torch.bfloat16, cache_enabled=not graphs) if precision == "bf16"
-        else contextlib.nullcontext()
+        torch.autocast(target.type, dtype=torch.bfloat16, cache_enabled=not spec.cuda_graphs)
+        if spec.precision == "bf16" else contextlib.nullcontext()
     )
 
-    settings = {"device": str(target), "precision": precision, "train_size": len(train_set), "test_size": len(test_set),
-                "limit_train": limit_train, "limit_test": limit_test, "deterministic": deterministic, "fast": fast,
-                **({"cuda_graphs": True} if graphs else {})}
-    identity = {"experiment": experiment.to_dict(), "seed": seed, **settings}
+    settings = {"device": str(target), "precision": spec.precision, "train_size": len(train_set),
+                "test_size": len(test_set), "limit_train": spec.limit_train, "limit_test": spec.limit_test,
+                "deterministic": spec.deterministic, "fast": spec.fast, "cuda_graphs": spec.cuda_graphs,
+                "threads": spec.threads}
+    identity = {**spec.value(), **settings}
     done, rows = restore_checkpoint(checkpoint, identity=identity, model=model, optimizer=optimizer,
                                     scheduler=scheduler, generator=generator)
-    step_graph = StepGraph(trained, optimizer, train_set, batch_size=experiment.batch_size,
-                           augmentation=experiment.augmentation, autocast=autocast, layout=layout) if graphs else None
+    step = TrainStep(trained, optimizer, train_set, augmentation=experiment.augmentation, generator=generator,
+                     autocast=autocast, layout=layout)
+    step_graph = StepGraph(step, batch_size=experiment.batch_size) if spec.cuda_graphs else None
     predictions = None
     for epoch in range(done + 1, experiment.epochs + 1):
         start = time.perf_counter()
-        epoch_bar = bar(total=len(train_set), desc=f"{experiment.name} {epoch}/{experiment.epochs}", unit="img",
-                   disable=not progress, leave=True)
+        epoch_bar = bar(total=len(train_set), desc=f"{label} {epoch}/{experiment.epochs}", unit="img",
+                        disable=not progress, leave=True)
+        order = torch.randperm(len(train_set), generator=generator, device=target)
         if step_graph:
-            train_loss, train_accuracy = step_graph.run_epoch(torch.randperm(len(train_set), generator=generator,
-                                                                             device=target))
+            train_loss, train_accuracy = step_graph.run_epoch(order)
             epoch_bar.update(len(train_set))
-            check_finite(train_loss, experiment, epoch)  # a graph cannot stop mid-epoch; its sums are read here
+            check_finite(train_loss, label, epoch)  # a graph cannot stop mid-epoch; its sums are read here
         else:
-            train_loss, train_accuracy = _train_epoch(trained, optimizer, train_set, experiment, generator,
-                                                      autocast, layout, epoch, epoch_bar)
+            train_loss, train_accuracy = _eager_epoch(step, order, experiment.batch_size, label, epoch, epoch_bar)
         train_seconds = time.perf_counter() - start
         if scheduler:
             scheduler.step()
@@ -211,22 +214,8 @@ def fit(
             on_epoch_end(rows[-1])
     if predictions is None:  # every epoch was already done by the run that saved the checkpoint
         _, _, predictions = evaluate(trained, test_set, autocast, layout)
-    return RunResult(experiment, seed, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(),
-                     model, environment(target))
-
-
-def uses_cuda_graphs(device_type: str, *, fast: bool, cuda_graphs: bool) -> bool:
-    """Graphs are a speed-up of the fast path, and CUDA's alone."""
-    return fast and cuda_graphs and device_type == "cuda"
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """`auto` is bf16 on CUDA and fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise LabError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    return precision
+    return RunResult(spec, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(), model,
+                     environment(target))
 
 
 def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch.optim.Optimizer:
@@ -236,38 +225,61 @@ def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch
     return optimizer_class(model.parameters(), lr=experiment.lr, weight_decay=experiment.weight_decay, **options)
 
 
-def _train_epoch(model, optimizer, train_set: Split, experiment: Experiment, generator, autocast, layout,
-                 epoch: int, bar) -> tuple[float, float]:
-    model.train()
-    n = len(train_set)
-    order = torch.randperm(n, generator=generator, device=generator.device)
-    loss_sum = torch.zeros((), device=generator.device)
-    correct = torch.zeros((), dtype=torch.long, device=generator.device)
-    for step, start in enumerate(range(0, n, experiment.batch_size), 1):
-        batch = order[start : start + experiment.batch_size]
+class TrainStep:
+    """One optimizer step on the training images at some positions of the epoch's order, adding
+    the batch's loss and correct count to device-side sums. Written once: the eager loop calls it
+    step by step, and `speed.cuda.StepGraph` captures it as a CUDA graph and replays it."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Split, *,
+                 augmentation: Augmentation, generator: torch.Generator, autocast, layout):
+        self.model, self.optimizer, self.train_set = model, optimizer, train_set
+        self.augmentation, self.generator, self.autocast, self.layout = augmentation, generator, autocast, layout
+        device = train_set.labels.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def start_epoch(self) -> None:
+        self.model.train()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def __call__(self, index: torch.Tensor) -> None:
         # Augment in pixel space, where 0 is the black background the rotation fills in.
-        x = normalize(augment(pixels(train_set.images[batch], layout), experiment.augmentation, generator))
-        y = train_set.labels[batch]
-        with autocast:
-            logits = model(x)
+        images = pixels(self.train_set.images.index_select(0, index), self.layout)
+        x = normalize(augment(images, self.augmentation, self.generator))
+        y = self.train_set.labels.index_select(0, index)
+        with self.autocast:
+            logits = self.model(x)
             loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().float() * len(batch)
-        correct += (logits.argmax(1) == y).sum()
-        bar.update(len(batch))
-        if step % CHECK_EVERY == 0 or start + experiment.batch_size >= n:
-            check_finite(loss_sum.item(), experiment, epoch, step)
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)  # a graph keeps writing into the same gradient tensors
+        self.loss_sum += loss.detach().float() * index.numel()
+        self.correct += (logits.argmax(1) == y).sum()
+
+    def totals(self, n: int) -> tuple[float, float]:
+        """(mean loss, accuracy in percent) of the epoch's `n` images: one wait for the device."""
+        return self.loss_sum.item() / n, 100.0 * self.correct.item() / n
 
 
-def check_finite(loss: float, experiment: Experiment, epoch: int, step: int | None = None) -> None:
+def _eager_epoch(step: TrainStep, order: torch.Tensor, batch_size: int, label: str, epoch: int,
+                 bar) -> tuple[float, float]:
+    step.start_epoch()
+    n = len(order)
+    for number, start in enumerate(range(0, n, batch_size), 1):
+        step(order[start : start + batch_size])
+        bar.update(min(batch_size, n - start))
+        if number % CHECK_EVERY == 0 or start + batch_size >= n:
+            check_finite(step.loss_sum.item(), label, epoch, number)
+    return step.totals(n)
+
+
+def check_finite(loss: float, label: str, epoch: int, step: int | None = None) -> None:
     """Stop a diverging run instead of saving it as a good one: both drivers (the eager loop and
     the CUDA graph's) check their loss sums with this."""
     if not math.isfinite(loss):
         where = f"epoch {epoch}" + (f" (step {step})" if step is not None else "")
-        raise LabError(f"{experiment.name}: the training loss became {loss} in {where}; "
+        raise LabError(f"{label}: the training loss became {loss} in {where}; "
                        "the run was stopped. Try a lower learning rate.")
 
 

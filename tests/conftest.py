@@ -9,6 +9,16 @@ import pytest
 from mnist_lab.data import load_mnist
 
 
+@pytest.fixture(autouse=True)
+def own_artifacts(tmp_path, monkeypatch):
+    """Each test's artifacts folder is its own (the run cache of `mnist-lab train` included): no
+    test writes into the checkout's artifacts/. Fixtures that build a project point it elsewhere."""
+    from mnist_lab import paths
+
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setenv("MNIST_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, read and verified once for the whole session."""
@@ -23,6 +33,24 @@ def small_mnist(mnist):
     return Mnist(train=mnist.train.head(512), test=mnist.test.head(256))
 
 
+def train_run(experiment, *, data, progress=False, checkpoint=None, on_epoch_end=None, **settings):
+    """`fit` of the run of `experiment` with these RunSpec settings (on the CPU unless told)."""
+    from mnist_lab.spec import RunSpec
+    from mnist_lab.train import fit
+
+    settings.setdefault("device", "cpu")
+    return fit(RunSpec.of(experiment, **settings), data=data, progress=progress, checkpoint=checkpoint,
+               on_epoch_end=on_epoch_end)
+
+
+def run_folder(profile_dir: Path, name: str, seed: int = 0) -> Path:
+    """The folder of run `name` seed `seed` in a profile's run cache, found by name in its index."""
+    from mnist_lab.runs import RunCache
+
+    cache = RunCache(Path(profile_dir) / "runs")
+    return cache.folder / cache.index()[name][str(seed)][:16]
+
+
 @pytest.fixture(scope="session")
 def smoke_artifacts(tmp_path_factory):
     """Every notebook executed once by papermill under the smoke profile, into a temporary folder.
@@ -31,7 +59,7 @@ def smoke_artifacts(tmp_path_factory):
     What the runner printed is kept in run-output.txt beside the profile's folder.
     """
     from mnist_lab import paths
-    from mnist_lab.build import notebooks
+    from mnist_lab.workbook import notebooks
 
     root = tmp_path_factory.mktemp("artifacts")
     printed = io.StringIO()
@@ -49,7 +77,7 @@ def smoke_artifacts(tmp_path_factory):
 # then stages another; `fail` makes its last cell raise.
 SLOW = '''import time
 from pathlib import Path
-from mnist_lab.build.workbook import Workbook
+from mnist_lab.workbook import Workbook
 wb = Workbook("slow", profile=profile)
 wb.macro("First", "1")
 Path(marker).touch()
@@ -58,7 +86,7 @@ while wait and Path(marker).exists():
 wb.macro("Second", "2")
 assert not fail, "told to fail"'''
 # A notebook that uses a training run, as q2_cnn does, on the smoke profile's subsets.
-TRAINS = '''from mnist_lab.build.workbook import Workbook
+TRAINS = '''from mnist_lab.workbook import Workbook
 wb = Workbook("trains", profile=profile, seeds=seeds)
 run = wb.run("basic_cnn", seeds[0])
 wb.macro("Accuracy", f"{run.metrics['test_accuracy']:.2f}")'''
@@ -72,7 +100,7 @@ def lock_held_elsewhere(profile: str = "smoke"):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom mnist_lab.build.lock import profile_lock\n"
+        [sys.executable, "-c", "import time\nfrom mnist_lab.workbook.lock import profile_lock\n"
          f"with profile_lock({profile!r}, 'run (test)'):\n    print('held', flush=True)\n    time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -105,9 +133,13 @@ def new_project(root: Path, notebooks: dict[str, tuple[str, str]]) -> Path:
 
 
 def point_at(patch, root: Path) -> None:
-    """Make this process and the kernels it starts use the tiny project's notebooks, artifacts and data."""
+    """Make this process and the kernels it starts use the tiny project's notebooks, artifacts and
+    data, with the runs its notebooks read declared to the runner."""
     from mnist_lab import paths
 
+    from mnist_lab.workbook import plan
+
+    patch.setitem(plan.READS, "trains", plan.Reads(experiments=("basic_cnn",)))  # what TRAINS reads
     patch.setattr(paths, "NOTEBOOKS", root / "notebooks")
     patch.setattr(paths, "ARTIFACTS", root / "artifacts")
     for name, value in (("MNIST_LAB_NOTEBOOKS", "notebooks"), ("MNIST_LAB_ARTIFACTS", "artifacts"),
@@ -118,7 +150,7 @@ def point_at(patch, root: Path) -> None:
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory):
     """The tiny project, each notebook run once by the runner."""
-    from mnist_lab.build import notebooks
+    from mnist_lab.workbook import notebooks
 
     root = tmp_path_factory.mktemp("project")
     new_project(root, {"slow": (f'profile = "smoke"\nmarker = "{root}/reached"\nwait = False\nfail = False', SLOW),

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from mnist_lab import paths
-from mnist_lab.build import archive
-from mnist_lab.build.lock import lock_path, profile_lock
+from mnist_lab.workbook import archive
+from mnist_lab.workbook.lock import lock_path, profile_lock
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
 

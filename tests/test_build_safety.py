@@ -19,8 +19,8 @@ import nbformat
 import pytest
 
 from mnist_lab import paths
-from mnist_lab.build import notebooks, provenance
-from mnist_lab.build.lock import profile_lock
+from mnist_lab.workbook import notebooks, provenance
+from mnist_lab.workbook.lock import profile_lock
 from mnist_lab.cli import INTERRUPTED, main
 from mnist_lab.files import atomic_dir, atomic_path
 

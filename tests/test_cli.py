@@ -46,14 +46,14 @@ def test_missing_data_is_one_line(capsys, tmp_path):
     assert "MNIST not found" in _one_line_error(capsys)
 
 
-def test_train_writes_a_run_directory(tmp_path):
+def test_train_writes_a_run_directory_and_trains_a_spec_once(tmp_path):
     out = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "mnist_lab", "train", "basic_cnn", "--epochs", "1", "--limit-train", "256",
-         "--limit-test", "128", "--seed", "3", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "basic_cnn: test accuracy" in completed.stdout
+    command = [sys.executable, "-m", "mnist_lab", "train", "basic_cnn", "--epochs", "1", "--limit-train", "256",
+               "--limit-test", "128", "--seed", "3", "--out", str(out), "--no-progress"]
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "basic_cnn seed 3 (trained): test accuracy" in completed.stdout
+    again = subprocess.run(command[:-3] + ["--no-progress"], capture_output=True, text=True, check=True)
+    assert "basic_cnn seed 3 (already in the run cache)" in again.stdout  # the same spec: read, not retrained
     assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "metrics.json", "predictions.csv",
                                                "environment.json", "provenance.json", "model.pt"}
     config = json.loads((out / "config.json").read_text())

@@ -1,9 +1,9 @@
 """The CUDA-graph training step (`speed.cuda`), checked where it can be: run eagerly on the CPU.
 
 Capture itself needs a GPU: the tests marked `device` replay captured graphs there (`make
-gpu-check` runs them first) and skip elsewhere. What a graph records is the same
-`StepGraph._step` that the CPU tests run, so the gather by device-side position, the sums, the
-last partial batch and the tensor learning rate are checked on every machine.
+gpu-check` runs them first) and skip elsewhere. What a graph records is the trainer's own
+`TrainStep`, the one the eager loop runs; the CPU tests check the graph driver around it (the
+gather by device-side position, the sums, the last partial batch, the tensor learning rate).
 """
 
 import contextlib
@@ -14,8 +14,10 @@ import torch
 from mnist_lab.experiments import get_experiment
 from mnist_lab.models import create_model
 from mnist_lab.speed.cuda import CapturableSGD, StepGraph, captured_optimizer
-from mnist_lab.train import _train_epoch, make_optimizer
+from mnist_lab.train import TrainStep, _eager_epoch, make_optimizer
 from tqdm import tqdm
+
+from conftest import train_run
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (`make gpu-check`)")
 
@@ -29,27 +31,47 @@ def _model_and_optimizer(name: str, captured: bool):
     return model, optimizer, experiment
 
 
+def _step(model, optimizer, data, experiment, generator) -> TrainStep:
+    return TrainStep(model, optimizer, data, augmentation=experiment.augmentation, generator=generator,
+                     autocast=contextlib.nullcontext(), layout=torch.contiguous_format)
+
+
 @pytest.mark.parametrize("images", [512, 500])  # 500 = 3 full batches of 128 and one of 116
-def test_the_graph_step_trains_as_the_trainers_loop_does(small_mnist, images):
+def test_the_graph_driver_trains_as_the_eager_loop_does(small_mnist, images):
     data = small_mnist.train.head(images)
     results = []
     for graphed in (False, True):
         model, optimizer, experiment = _model_and_optimizer("basic_cnn", captured=graphed)
         generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(data), generator=generator)
+        step = _step(model, optimizer, data, experiment, generator)
         if graphed:
-            steps = StepGraph(model, optimizer, data, batch_size=experiment.batch_size,
-                              augmentation=experiment.augmentation,
-                              autocast=contextlib.nullcontext(), layout=torch.contiguous_format, capture=False)
-            order = torch.randperm(len(data), generator=generator)
-            results.append((*steps.run_epoch(order), model.fc2.weight.detach().clone()))
+            loss, accuracy = StepGraph(step, batch_size=experiment.batch_size, capture=False).run_epoch(order)
         else:
             with tqdm(disable=True) as bar:
-                loss, accuracy = _train_epoch(model, optimizer, data, experiment, generator, contextlib.nullcontext(),
-                                              torch.contiguous_format, 1, bar)
-            results.append((loss, accuracy, model.fc2.weight.detach().clone()))
+                loss, accuracy = _eager_epoch(step, order, experiment.batch_size, "basic_cnn", 1, bar)
+        results.append((loss, accuracy, model.fc2.weight.detach().clone()))
     (loss_a, accuracy_a, weight_a), (loss_b, accuracy_b, weight_b) = results
     assert loss_b == pytest.approx(loss_a, rel=1e-5) and accuracy_b == accuracy_a
     torch.testing.assert_close(weight_b, weight_a)
+
+
+def test_augmentation_draws_from_the_runs_generator_on_both_drivers(small_mnist):
+    """Two epochs from generators seeded alike agree; from another seed they differ: the step
+    draws from the generator it is given, not torch's default one (which is left untouched)."""
+    data = small_mnist.train.head(256)
+    experiment = get_experiment("cnn")
+    losses = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(0)
+        model = create_model("cnn")
+        optimizer = make_optimizer(model, experiment)
+        generator = torch.Generator().manual_seed(seed)
+        step = _step(model, optimizer, data, experiment, generator)
+        default_before = torch.get_rng_state()
+        losses.append(StepGraph(step, batch_size=64, capture=False).run_epoch(torch.arange(len(data)))[0])
+        assert torch.equal(torch.get_rng_state(), default_before)
+    assert losses[0] == losses[1] != losses[2]
 
 
 @pytest.mark.device
@@ -68,9 +90,8 @@ def test_a_captured_graph_replays_the_eager_step(small_mnist, name):
         model = create_model(name).cuda()
         experiment = get_experiment(name)
         optimizer = captured_optimizer(model, "sgd", experiment.lr, experiment.weight_decay)
-        steps = StepGraph(model, optimizer, data, batch_size=experiment.batch_size,
-                          augmentation=experiment.augmentation, autocast=contextlib.nullcontext(),
-                          layout=torch.contiguous_format, capture=capture)
+        step = _step(model, optimizer, data, experiment, torch.Generator("cuda").manual_seed(0))
+        steps = StepGraph(step, batch_size=experiment.batch_size, capture=capture)
         loss, accuracy = steps.run_epoch(order)
         results.append((loss, accuracy, [t.detach().clone() for t in (*model.parameters(), *model.buffers())]))
     (loss_a, accuracy_a, state_a), (loss_b, accuracy_b, state_b) = results
@@ -82,11 +103,9 @@ def test_a_captured_graph_replays_the_eager_step(small_mnist, name):
 @pytest.mark.device
 @needs_cuda
 def test_fit_with_cuda_graphs_follows_the_eager_trainer(small_mnist):
-    from mnist_lab.train import fit
-
     experiment = get_experiment("basic_cnn").with_override("epochs", 2)
-    histories = [fit(experiment, device="cuda", precision="fp32", data=small_mnist, progress=False,
-                     cuda_graphs=graphs).history for graphs in (False, True)]
+    histories = [train_run(experiment, device="cuda", precision="fp32", data=small_mnist,
+                           cuda_graphs=graphs).history for graphs in (False, True)]
     for column in ("train_loss", "test_loss"):
         assert histories[1][column].tolist() == pytest.approx(histories[0][column].tolist(), rel=1e-3)
 
@@ -137,7 +156,7 @@ def test_a_packed_profile_unpacks_to_the_same_fresh_artifacts(smoke_artifacts, t
     import shutil
 
     from mnist_lab import paths
-    from mnist_lab.build import archive, notebooks
+    from mnist_lab.workbook import archive, notebooks
     from mnist_lab.cli import main
 
     artifacts = tmp_path / "artifacts"
@@ -185,7 +204,6 @@ def test_gpu_check_reports_a_failed_or_skipped_phase_and_fails_on_it():
 @needs_cuda
 def test_a_diverging_run_is_refused_on_the_graph_path_too(small_mnist):
     from mnist_lab.errors import LabError
-    from mnist_lab.train import fit
 
     with pytest.raises(LabError, match="the training loss became"):
-        fit(get_experiment("basic_cnn").replace(lr=1e9, epochs=1), data=small_mnist, device="cuda", progress=False)
+        train_run(get_experiment("basic_cnn").replace(lr=1e9, epochs=1), data=small_mnist, device="cuda")

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from mnist_lab import paths
-from mnist_lab.build import notebooks, provenance
+from mnist_lab.workbook import notebooks, provenance
 from mnist_lab.cli import TERMINATED, main
 from mnist_lab.errors import LabError
 from mnist_lab.experiments import get_experiment
-from mnist_lab.runs import load_model, load_run, run_directory
+from mnist_lab.runs import RunCache, check_replaceable, load_model, load_run
+from mnist_lab.spec import RunSpec
 
 from test_build_safety import TRAIN_SMALL, _snapshot, _start_slow, _wait_for
 
@@ -32,7 +33,9 @@ def _one_line(capsys) -> str:
 
 
 def _run_dir(project):
-    return project / "artifacts" / "smoke" / "runs" / "basic_cnn" / "seed0"
+    """The folder of the run the `trains` notebook reads, found by its name in the cache's index."""
+    cache = RunCache(project / "artifacts" / "smoke" / "runs")
+    return cache.folder / cache.index()["basic_cnn"]["0"][:16]
 
 
 class _RunsCode:
@@ -50,13 +53,14 @@ class _RunsCode:
 
 def test_case1_a_planted_checkpoint_runs_no_code(project, capsys):
     marker = project / "pwned"
-    key = provenance.read_run_record(_run_dir(project))["fingerprint"]
-    torch.save({"identity": _RunsCode(marker)}, _run_dir(project).parent / f".seed0.{key[:12]}.checkpoint.pt")
-    (_run_dir(project) / "history.csv").write_text("epoch\n1\n")  # cut: the run trains again, from the checkpoint
+    run = _run_dir(project)
+    torch.save({"identity": _RunsCode(marker)}, run.parent / f".{run.name}.checkpoint.pt")
+    (run / "history.csv").write_text("epoch\n1\n")  # cut: the run trains again, from the checkpoint
+    before = _snapshot(project / "artifacts" / "smoke")
     assert main(["run", "--profile", "smoke", "--no-progress", "trains"]) == 1
-    error = _one_line(capsys)
-    assert "is not a checkpoint this project wrote" in error and "previous artifacts intact" in error
+    assert "is not a checkpoint this project wrote" in _one_line(capsys)
     assert not marker.exists()
+    assert _snapshot(project / "artifacts" / "smoke") == before
 
 
 # ---- 2. a record that names a file outside ----------------------------------------------------------
@@ -108,13 +112,17 @@ def test_case6_a_name_never_becomes_a_path(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "artifacts").exists()
     with pytest.raises(LabError, match="is a label"):
         get_experiment("cnn[name=../x]")
-    for name in ("../x", "a/b", ".hidden", ""):
-        with pytest.raises(LabError):
-            run_directory(tmp_path, name, 0)
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "cnn").symlink_to(tmp_path)  # a link planted where a run's folder goes
-    with pytest.raises(LabError, match="passes through the link"):
-        run_directory(tmp_path / "runs", "cnn", 0)
+    # A run's folder is named by its key; a name only labels it, in the index.
+    cache = RunCache(tmp_path / "runs")
+    spec = RunSpec.of(get_experiment("cnn"), 0, device="cpu")
+    for name in ("../x", "a/b", ".hidden", "", "/etc/passwd"):
+        cache.label(name, spec)
+    assert sorted(p.name for p in cache.folder.iterdir()) == [".index.lock", "index.json"]
+    assert cache.directory(spec).parent == cache.folder and len(cache.directory(spec).name) == 16
+    cache.directory(spec).symlink_to(tmp_path)  # a link planted where the run's folder goes
+    assert cache.get(spec) is None
+    with pytest.raises(LabError, match="is a file, not a run directory"):
+        check_replaceable(cache.directory(spec))
 
 
 # ---- 7. a damaged run cache ------------------------------------------------------------------------------
@@ -198,7 +206,10 @@ def test_case12_sigterm_is_one_line_exit_143_and_the_outputs_intact(project):
 
 def test_case12_a_garbage_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    (tmp_path / ".run.checkpoint.pt").write_bytes(b"\x80\x04garbage")  # where `train --out` resumes from
+    spec = RunSpec.of(get_experiment("basic_cnn").replace(epochs=1), 0, device="cpu", limit_train=200, limit_test=100)
+    checkpoint = RunCache(paths.ARTIFACTS / "runs").checkpoint(spec)  # where `train` resumes this run from
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"\x80\x04garbage")
     assert main([*TRAIN_SMALL, "--out", str(out)]) == 1
     assert "is not a checkpoint this project wrote" in _one_line(capsys)
     assert not out.exists()

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from mnist_lab.build import notebooks, provenance
+from mnist_lab.workbook import notebooks, provenance
 from mnist_lab.cli import main
 
 HAVE_BROWSER = shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
@@ -108,7 +108,7 @@ def test_script_carried_by_an_executed_notebook_never_runs_on_its_page(tmp_path,
     import nbformat
 
     from mnist_lab import paths
-    from mnist_lab.build import html
+    from mnist_lab.workbook import html
 
     monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
     attack = "document.title = 'pwned'"

@@ -1,13 +1,14 @@
 """The notebooks, executed by papermill under the smoke profile, and the runner's checks."""
 
 import json
+from conftest import run_folder
 
 import nbformat
 import pandas as pd
 import pytest
 
 from mnist_lab import paths
-from mnist_lab.build import notebooks
+from mnist_lab.workbook import notebooks
 from mnist_lab.errors import LabError
 from mnist_lab.runs import load_run
 
@@ -47,7 +48,7 @@ def test_figures_are_vector_pdfs_with_embedded_truetype_fonts(smoke_artifacts, n
 
 @pytest.mark.parametrize("table, experiment", REPORT_TABLES.items())
 def test_report_tables_match_their_runs(smoke_artifacts, table, experiment):
-    run = load_run(smoke_artifacts / "runs" / experiment / "seed0")
+    run = load_run(run_folder(smoke_artifacts, experiment))
     frame = pd.read_csv(smoke_artifacts / "tables" / f"{table}.csv")
     assert list(frame.columns) == ["Epoch", "Loss", "Train Accuracy", "Test Accuracy"]
     assert frame["Epoch"].tolist() == run.history["epoch"].tolist() == [1, 2]  # smoke caps epochs at 2
@@ -59,7 +60,7 @@ def test_report_tables_match_their_runs(smoke_artifacts, table, experiment):
 
 def test_macros_quote_the_runs(smoke_artifacts):
     macros = (smoke_artifacts / "macros" / "q2_cnn.tex").read_text()
-    accuracy = json.loads((smoke_artifacts / "runs" / "cnn" / "seed0" / "metrics.json").read_text())["test_accuracy"]
+    accuracy = json.loads((run_folder(smoke_artifacts, "cnn") / "metrics.json").read_text())["test_accuracy"]
     assert f"\\newcommand{{\\CnnTestAccuracy}}{{{accuracy:.2f}}}" in macros
     assert "\\newcommand{\\CnnParameters}{421{,}642}" in macros
     # A macro is defined by one notebook only, so the report can \input them all.

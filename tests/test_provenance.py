@@ -5,12 +5,12 @@ import json
 import nbformat
 import pytest
 
-from mnist_lab.build import notebooks, provenance
+from mnist_lab.workbook import notebooks, provenance
 
 from conftest import copy_project, new_project, point_at
 
 # Two tiny notebooks that use the Workbook as the real ones do, so a test runs in seconds.
-SOURCE = '''from mnist_lab.build.workbook import Workbook
+SOURCE = '''from mnist_lab.workbook import Workbook
 wb = Workbook("{name}", profile=profile)
 wb.macro("{macro}", scale * 2)'''
 
@@ -42,7 +42,7 @@ def test_a_fresh_run_records_its_inputs_and_outputs(tiny_project):
     record = json.loads(provenance.record_path("smoke", "alpha").read_text())
     assert record["parameters"] == {"profile": "smoke", "scale": 1}
     assert set(record["outputs"]) == {"macros/alpha.tex", "notebooks/alpha.ipynb"}
-    assert "mnist_lab/build/workbook.py" in record["sources"] and "mnist_lab/q1/losses.py" not in record["sources"]
+    assert "mnist_lab/workbook/book.py" in record["sources"] and "mnist_lab/q1/losses.py" not in record["sources"]
     assert record["git"]["commit"] and record["wall_seconds"] > 0 and record["environment"]["torch"]
     assert "\\newcommand{\\Alpha}{2}" in (tiny_project / "artifacts/smoke/macros/alpha.tex").read_text()
     # Nothing is stale, so nothing runs again.
@@ -73,7 +73,7 @@ def test_a_changed_package_module_makes_its_users_stale(tiny_project):
     workbook.write_text(original + "\n# a comment changes nothing\n")
     assert _status() == {"alpha": [], "beta": []}
     workbook.write_text(original + "\n_EDITED = True\n")
-    assert _status() == {"alpha": ["mnist_lab/build/workbook.py changed"], "beta": ["mnist_lab/build/workbook.py changed"]}
+    assert _status() == {"alpha": ["mnist_lab/workbook/book.py changed"], "beta": ["mnist_lab/workbook/book.py changed"]}
     # A module neither notebook imported changes nothing.
     losses = tiny_project / "mnist_lab" / "results" / "reference.py"
     workbook.write_text(original)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_lab import paths
-from mnist_lab.build import notebooks
+from mnist_lab.workbook import notebooks
 from mnist_lab.q1 import convolution, losses
 from mnist_lab.q1.convolution import CLASSIC_KERNELS, conv2d_from_formula
 from mnist_lab.data import normalize

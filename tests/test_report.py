@@ -5,6 +5,7 @@ in .ci/run), so they only skip on a developer machine without TeX.
 """
 
 from __future__ import annotations
+from conftest import run_folder
 
 import json
 import re
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from mnist_lab import cli, paths
-from mnist_lab.build import report
+from mnist_lab.workbook import report
 from mnist_lab.errors import LabError
 
 HAVE_TEX = shutil.which("latexmk") is not None and shutil.which("pdftotext") is not None
@@ -124,7 +125,7 @@ def test_pdf_is_built_and_marked_as_smoke(smoke_report):
 @pytest.mark.parametrize("course_table, experiment", HISTORY_TABLES.items())
 def test_history_tables_show_the_runs_final_numbers(smoke_report, course_table, experiment):
     # The tables show the notebooks' `seeds` (default [0]); the calibration studies train more seeds.
-    metrics = json.loads((smoke_report.directory / "runs" / experiment / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((run_folder(smoke_report.directory, experiment) / "metrics.json").read_text())
     # The row the tables print for the last epoch (mnist_lab.results.tables.history formats it so).
     row = (rf"^\s*{metrics['epochs']}\s+{metrics['train_loss']:.4f}\s+{metrics['train_accuracy']:.2f}%"
            rf"\s+{metrics['test_accuracy']:.2f}%\s*$")
@@ -136,7 +137,7 @@ def test_history_tables_show_the_runs_final_numbers(smoke_report, course_table, 
 
 @needs_tex
 def test_prose_quotes_the_runs(smoke_report):
-    metrics = json.loads((smoke_report.directory / "runs" / "cnn" / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((run_folder(smoke_report.directory, "cnn") / "metrics.json").read_text())
     text = " ".join(smoke_report.text.split())
     assert f"reaches a test accuracy of {metrics['test_accuracy']:.2f} %" in text
 
@@ -193,8 +194,8 @@ def test_the_pdf_carries_a_provenance_appendix(smoke_report):
     appendix = smoke_report.text[smoke_report.text.rindex("Appendix: provenance"):]
     for notebook in ("q1_convolution", "q1_losses", "q2_cnn", "q3_comparison"):
         assert notebook in appendix
-    metrics = json.loads((smoke_report.directory / "runs" / "vit" / "seed0" / "metrics.json").read_text())
-    fingerprint = json.loads((smoke_report.directory / "runs" / "vit" / "seed0" / "config.json").read_text())["fingerprint"]
+    metrics = json.loads((run_folder(smoke_report.directory, "vit") / "metrics.json").read_text())
+    fingerprint = json.loads((run_folder(smoke_report.directory, "vit") / "config.json").read_text())["fingerprint"]
     assert re.search(rf"vit\s+0\s+2\s+{metrics['test_accuracy']:.2f}\s*%.*{fingerprint[:12]}", appendix)
 
 

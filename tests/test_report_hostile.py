@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mnist_lab import cli, paths
-from mnist_lab.build import html, provenance, report
+from mnist_lab.workbook import html, provenance, report
 from mnist_lab.errors import LabError
 
 needs_tex = pytest.mark.skipif(shutil.which("latexmk") is None,

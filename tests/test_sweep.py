@@ -1,6 +1,7 @@
 """`mnist-lab sweep`: Ray really schedules the runs, and they land where the notebooks look."""
 
 from __future__ import annotations
+from conftest import run_folder
 
 import contextlib
 import ipaddress
@@ -19,7 +20,7 @@ import psutil  # a dependency of Ray's
 import pytest
 
 from mnist_lab import paths, sweep
-from mnist_lab.build.workbook import Workbook
+from mnist_lab.workbook import Workbook
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
 
@@ -41,7 +42,7 @@ def _refuse_training(monkeypatch):
         raise AssertionError("this run should have come from the cache")
 
     monkeypatch.setattr("mnist_lab.train.fit", train)  # the workbook imports it when it trains
-    monkeypatch.setattr("mnist_lab.build.workbook.fit", train, raising=False)  # or at import
+    monkeypatch.setattr("mnist_lab.workbook.fit", train, raising=False)  # or at import
     monkeypatch.setattr(sweep, "_submit", train)
 
 
@@ -254,5 +255,5 @@ def test_the_same_sweep_runs_on_an_existing_cluster_through_address(artifacts, t
 
         assert main(["sweep", "basic_cnn", "--profile", "smoke", *address]) == 0
         assert "basic_cnn seed 0: test accuracy" in capsys.readouterr().out
-        assert (artifacts / "smoke" / "runs" / "basic_cnn" / "seed0" / "model.pt").is_file()
+        assert (run_folder(artifacts / "smoke", "basic_cnn") / "model.pt").is_file()
     assert all(process.is_running() for process in others)

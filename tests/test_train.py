@@ -8,13 +8,14 @@ from mnist_lab.errors import LabError
 from mnist_lab.experiments import EXPERIMENTS, get_experiment
 from mnist_lab.files import atomic_dir
 from mnist_lab.runs import load_run, save_run
-from mnist_lab.train import fit
+
+from conftest import train_run
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "train_seconds", "seconds"]
 
 
 def test_short_training_lowers_the_loss(small_mnist):
-    result = fit(get_experiment("cnn").replace(epochs=3), data=small_mnist, device="cpu", progress=False)
+    result = train_run(get_experiment("cnn").replace(epochs=3), data=small_mnist, device="cpu", progress=False)
     history = result.history
     assert list(history.columns) == HISTORY_COLUMNS
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -27,7 +28,7 @@ def test_short_training_lowers_the_loss(small_mnist):
 @pytest.mark.parametrize("name", ["basic_cnn", "vit"])
 def test_same_seed_same_history_on_cpu(small_mnist, name):
     experiment = get_experiment(name).replace(epochs=2)
-    runs = [fit(experiment, seed=7, data=small_mnist, device="cpu", progress=False) for _ in range(2)]
+    runs = [train_run(experiment, seed=7, data=small_mnist, device="cpu", progress=False) for _ in range(2)]
     timing = ["train_seconds", "seconds"]
     pd.testing.assert_frame_equal(runs[0].history.drop(columns=timing), runs[1].history.drop(columns=timing))
     assert torch.equal(runs[0].predictions, runs[1].predictions)
@@ -39,7 +40,7 @@ def test_faithful_and_fast_training_agree_where_no_dropout_is_drawn(small_mnist,
     and the same losses to float rounding, grown over an epoch of Adam steps (the ViT's dropout
     masks are drawn differently; test_speed compares single steps exactly)."""
     experiment = get_experiment(name).replace(epochs=1)
-    fast, faithful = (fit(experiment, data=small_mnist, device="cpu", progress=False, fast=flag)
+    fast, faithful = (train_run(experiment, data=small_mnist, device="cpu", progress=False, fast=flag)
                       for flag in (True, False))
     assert type(fast.model) is type(faithful.model)
     assert (fast.settings["fast"], faithful.settings["fast"]) == (True, False)
@@ -50,21 +51,21 @@ def test_faithful_and_fast_training_agree_where_no_dropout_is_drawn(small_mnist,
 
 def test_on_epoch_end_sees_every_epoch_as_the_history_records_it(small_mnist):
     rows = []
-    result = fit(get_experiment("basic_cnn").replace(epochs=2), data=small_mnist, device="cpu", progress=False,
+    result = train_run(get_experiment("basic_cnn").replace(epochs=2), data=small_mnist, device="cpu", progress=False,
                  on_epoch_end=lambda row: rows.append(dict(row)))
     assert pd.DataFrame(rows).equals(result.history)
 
 
 def test_other_seed_other_history(small_mnist):
     experiment = get_experiment("basic_cnn").replace(epochs=1)
-    a, b = (fit(experiment, seed=s, data=small_mnist, device="cpu", progress=False) for s in (0, 1))
+    a, b = (train_run(experiment, seed=s, data=small_mnist, device="cpu", progress=False) for s in (0, 1))
     assert a.history["train_loss"][0] != b.history["train_loss"][0]
 
 
 def test_a_diverging_loss_stops_the_run(small_mnist):
     experiment = get_experiment("basic_cnn").replace(lr=1e12, epochs=1)
-    with pytest.raises(LabError, match="basic_cnn: the training loss became .* Try a lower learning rate"):
-        fit(experiment, data=small_mnist, device="cpu", progress=False)
+    with pytest.raises(LabError, match="basic_cnn seed 0: the training loss became .* Try a lower learning rate"):
+        train_run(experiment, data=small_mnist, device="cpu", progress=False)
 
 
 def test_experiments_carry_the_report_recipes():
@@ -91,10 +92,11 @@ def test_experiment_overrides_are_checked():
 
 
 def test_run_directory_round_trip(small_mnist, tmp_path):
-    result = fit(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False)
+    result = train_run(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False)
     run = load_run(save_run(result, tmp_path / "run"))
     assert run.metrics["test_accuracy"] == result.history["test_accuracy"].iloc[-1]
-    assert run.config["experiment"]["name"] == "basic_cnn" and run.config["seed"] == 0
+    assert run.config["experiment"]["model"] == "basic_cnn" and run.config["seed"] == 0
+    assert "name" not in run.config["experiment"]  # a name is a label, never part of a run
     assert run.environment["torch"] == torch.__version__
     assert (run.predictions["prediction"].to_numpy() == result.predictions.numpy()).all()
     assert (tmp_path / "run" / "model.pt").stat().st_size > 1_000_000
@@ -118,10 +120,10 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path, m
     # The ViT has every kind of state a resume must restore: dropout, augmentation, a schedule.
     experiment = get_experiment("vit").replace(epochs=3, lr_step=1)
     options = dict(seed=5, data=small_mnist, device="cpu", progress=False)
-    uninterrupted = fit(experiment, **options)
+    uninterrupted = train_run(experiment, **options)
 
     checkpoint = tmp_path / "run.checkpoint.pt"
-    real_epoch, epochs_started = train._train_epoch, []
+    real_epoch, epochs_started = train._eager_epoch, []
 
     def interrupted_in_epoch_3(*args, **kwargs):
         epochs_started.append(1)
@@ -129,13 +131,13 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path, m
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third epoch
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_epoch", interrupted_in_epoch_3)
+    monkeypatch.setattr(train, "_eager_epoch", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        fit(experiment, checkpoint=checkpoint, **options)
+        train_run(experiment, checkpoint=checkpoint, **options)
     monkeypatch.undo()
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2  # tensors and containers only
 
-    resumed = fit(experiment, checkpoint=checkpoint, **options)
+    resumed = train_run(experiment, checkpoint=checkpoint, **options)
     timing = ["train_seconds", "seconds"]
     pd.testing.assert_frame_equal(resumed.history.drop(columns=timing), uninterrupted.history.drop(columns=timing))
     assert torch.equal(resumed.predictions, uninterrupted.predictions)
@@ -144,11 +146,11 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path, m
 def test_a_checkpoint_of_another_recipe_is_not_used(small_mnist, tmp_path):
     checkpoint = tmp_path / "run.checkpoint.pt"
     options = dict(data=small_mnist, device="cpu", progress=False, checkpoint=checkpoint)
-    first = fit(get_experiment("basic_cnn").replace(epochs=1), **options)
+    first = train_run(get_experiment("basic_cnn").replace(epochs=1), **options)
     other_recipe = get_experiment("basic_cnn").replace(epochs=1, lr=0.05)
-    other = fit(other_recipe, **options)
+    other = train_run(other_recipe, **options)
     # Trained from scratch: the same as without a checkpoint, not the first run's epoch read back.
-    fresh = fit(other_recipe, data=small_mnist, device="cpu", progress=False)
+    fresh = train_run(other_recipe, data=small_mnist, device="cpu", progress=False)
     assert other.history["train_loss"][0] == fresh.history["train_loss"][0] != first.history["train_loss"][0]
 
 
@@ -168,7 +170,7 @@ def test_a_failed_file_write_keeps_the_previous_file(tmp_path):
 def test_deterministic_mode_holds_while_training_and_is_put_back_after(small_mnist, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     during = []
-    fit(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False,
+    train_run(get_experiment("basic_cnn").replace(epochs=1), data=small_mnist, device="cpu", progress=False,
         deterministic=True, on_epoch_end=lambda row: during.append(torch.are_deterministic_algorithms_enabled()))
     assert during == [True]
     assert not torch.are_deterministic_algorithms_enabled()

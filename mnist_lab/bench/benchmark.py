@@ -114,11 +114,12 @@ def _serve(side: str, experiment: Experiment, images: int, device: str, root, co
         connection.recv()  # "go" for another epoch, or "done" after the last
 
     if side == "trainer":
+        from ..spec import RunSpec
         from ..train import fit
 
         memory.keep_freed_memory()
-        fit(experiment, data=load_mnist(root), device=device, precision="fp32", limit_train=images,
-            limit_test=EVAL_IMAGES, progress=False, on_epoch_end=take_turns)
+        spec = RunSpec.of(experiment, device=device, precision="fp32", limit_train=images, limit_test=EVAL_IMAGES)
+        fit(spec, label=experiment.name, data=load_mnist(root), progress=False, on_epoch_end=take_turns)
     else:
         baseline.train(experiment, limit_train=images, root=root, on_epoch_end=take_turns)
 
@@ -224,9 +225,11 @@ def _cores() -> int | None:
 
 def _full_schedule(experiment: Experiment, data: Mnist, device: str) -> dict:
     """Train the report's whole schedule once with the project trainer; seconds as measured."""
+    from ..spec import RunSpec
     from ..train import fit
 
-    result = fit(experiment, data=data, device=device, precision="fp32", progress=False)
+    result = fit(RunSpec.of(experiment, device=device, precision="fp32"), label=experiment.name, data=data,
+                 progress=False)
     return {"measured_train_seconds": float(result.history["train_seconds"].sum()),
             "measured_seconds": float(result.history["seconds"].sum()),
             "measured_test_accuracy": float(result.history["test_accuracy"].iloc[-1])}

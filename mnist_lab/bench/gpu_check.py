@@ -37,7 +37,7 @@ import traceback
 from pathlib import Path
 
 SCHEDULE = ("basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit")
-CONFIGURATIONS = {  # name: fit() keyword arguments
+CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
     "graphs": {},  # the default: the fast path, each step a replayed CUDA graph
     "eager": {"cuda_graphs": False},  # the fast path step by step
     "faithful-fp32": {"fast": False, "precision": "fp32"},
@@ -115,11 +115,13 @@ def _train(name: str, seed: int = 0, **settings) -> dict:
     import torch
 
     from ..experiments import get_experiment
+    from ..spec import RunSpec
     from ..train import fit
 
     torch.cuda.synchronize()
     start = time.perf_counter()
-    result = fit(get_experiment(name), seed=seed, device="cuda", data=_data(), progress=False, **settings)
+    spec = RunSpec.of(get_experiment(name), seed, device="cuda", **settings)
+    result = fit(spec, label=f"{name} seed {seed}", data=_data(), progress=False)
     torch.cuda.synchronize()
     history = result.history
     return {"wall_seconds": round(time.perf_counter() - start, 2),
@@ -174,7 +176,7 @@ def _notebooks(out: Path) -> dict:
         import papermill  # noqa: F401  (only whether it is there)
     except ImportError:
         return {"skipped": "papermill is not installed here (bring its wheels: see the README)"}
-    from ..build import archive, notebooks
+    from ..workbook import archive, notebooks
 
     start = time.perf_counter()
     ran = notebooks.execute_all(None, profile="full", shared={"device": "cuda"}, force=True, progress=False)

@@ -11,23 +11,22 @@ What capture needs, and where it comes from:
   reads (`order`, `position`), and gradients are zeroed, not freed;
 - a capturable optimizer whose learning rate is a tensor, so StepLR's updates reach the graph
   (`optimizer_options(..., captured=True)`);
-- random draws from the default CUDA generator, which graphs advance on every replay;
+- random draws from the run's generator, registered with the graph, which advances it on every
+  replay (dropout's from CUDA's default one, seeded by `torch.manual_seed`);
 - warm-up steps before capture (allocations, cuDNN's choices, the optimizer's state), undone
   afterwards so that the first real step starts from the model as initialised.
 
-The trainer uses it on CUDA's fast path (`fit(cuda_graphs=False)`, `mnist-lab train
---no-cuda-graphs` keep the eager loop). On the CPU, `capture=False` runs the same step eagerly,
-which is how the tests check it there; on a GPU they also replay captured graphs.
+The step itself is the trainer's (`train.TrainStep`), the one the eager loop runs, NaN check
+included (`train.check_finite`, once an epoch here). The trainer uses graphs on CUDA's fast path
+(`RunSpec.cuda_graphs`; `mnist-lab train --no-cuda-graphs` keeps the eager loop). On the CPU,
+`capture=False` runs the same epochs eagerly, which is how the tests check it there; on a GPU
+they also replay captured graphs.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from ..augment import Augmentation, augment
-from ..data import Split, normalize, pixels
 
 WARMUP_STEPS = 3  # PyTorch's CUDA-graph examples warm up a few iterations on a side stream
 
@@ -63,71 +62,61 @@ def captured_optimizer(model: nn.Module, optimizer: str, lr: float, weight_decay
 
 
 class StepGraph:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Split, *, batch_size: int,
-                 augmentation: Augmentation, autocast, layout, capture: bool = True):
-        device = train_set.labels.device
-        self.model, self.optimizer, self.train_set = model, optimizer, train_set
-        self.batch_size, self.augmentation, self.autocast, self.layout = batch_size, augmentation, autocast, layout
-        self.order = torch.zeros(len(train_set), dtype=torch.long, device=device)
+    """`train.TrainStep` on full batches, captured once as a CUDA graph and replayed."""
+
+    def __init__(self, step, *, batch_size: int, capture: bool = True):
+        device = step.train_set.labels.device
+        self.step, self.batch_size = step, batch_size
+        self.order = torch.zeros(len(step.train_set), dtype=torch.long, device=device)
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.offsets = torch.arange(batch_size, device=device)
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.graph = self._capture() if capture else None
 
-    def _step(self, size: int) -> None:
-        index = self.order.index_select(0, self.offsets[:size] + self.position)
-        generator = None  # the default generator: graph-safe, seeded by torch.manual_seed
-        x = normalize(augment(pixels(self.train_set.images.index_select(0, index), self.layout), self.augmentation,
-                              generator))
-        y = self.train_set.labels.index_select(0, index)
-        with self.autocast:
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)  # the graph keeps writing into the same gradient tensors
-        self.loss_sum += loss.detach().float() * size
-        self.correct += (logits.argmax(1) == y).sum()
-        self.position += size
+    def _full_batch(self) -> None:
+        self.step(self.order.index_select(0, self.offsets + self.position))
+        self.position += self.batch_size
 
     def run_epoch(self, order: torch.Tensor) -> tuple[float, float]:
         """Train one epoch in the given order; returns (mean loss, accuracy in percent)."""
         n = len(order)
-        self.model.train()
+        self.step.start_epoch()
         self.order.copy_(order)
-        for tensor in (self.position, self.loss_sum, self.correct):
-            tensor.zero_()
+        self.position.zero_()
         full, rest = divmod(n, self.batch_size)
         for _ in range(full):
-            self.graph.replay() if self.graph is not None else self._step(self.batch_size)
+            self.graph.replay() if self.graph is not None else self._full_batch()
         if rest:
-            self._step(rest)
-        return self.loss_sum.item() / n, 100.0 * self.correct.item() / n
+            self.step(order[full * self.batch_size:])
+        return self.step.totals(n)
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        self.model.train()
+        step = self.step
+        step.model.train()
         saved = [t.detach().clone() for t in self._state()]
-        saved_optimizer = {(id(p), key): value.clone() for p, state in self.optimizer.state.items()
+        saved_optimizer = {(id(p), key): value.clone() for p, state in step.optimizer.state.items()
                            for key, value in state.items() if isinstance(value, torch.Tensor)}  # a resumed run's
+        saved_generator = step.generator.get_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                self._step(self.batch_size)
+                self._full_batch()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        # The run's own generator, not CUDA's default: each replay advances it as an eager step would.
+        graph.register_generator_state(step.generator)
         with torch.cuda.graph(graph):
-            self._step(self.batch_size)
+            self._full_batch()
         with torch.no_grad():  # undo the warm-up: the weights, BatchNorm's statistics, the optimizer's state
             for tensor, value in zip(self._state(), saved):
                 tensor.copy_(value)
-            for parameter, state in self.optimizer.state.items():
+            for parameter, state in step.optimizer.state.items():
                 for key, value in state.items():
                     if isinstance(value, torch.Tensor):  # as it was, or as new (zeros: Adam's first step)
                         before = saved_optimizer.get((id(parameter), key))
                         value.copy_(before) if before is not None else value.zero_()
+        step.generator.set_state(saved_generator)
         return graph
 
     def _state(self) -> list[torch.Tensor]:
-        return [*self.model.parameters(), *self.model.buffers()]
+        return [*self.step.model.parameters(), *self.step.model.buffers()]

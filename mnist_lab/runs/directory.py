@@ -1,12 +1,12 @@
 """Run directories: a training result as files, so figures and tables are drawn from disk.
 
-    <run>/config.json       the experiment's recipe, the seed and the run settings
+    <run>/config.json       the recipe (no name: names are labels), the seed and the run settings
     <run>/history.csv       one row per epoch (accuracies in percent)
     <run>/metrics.json      the final numbers the report quotes
     <run>/predictions.csv   test-set label and predicted class, for confusion matrices
     <run>/environment.json  torch and CUDA versions, device, threads
-    <run>/provenance.json   what made it (`build.provenance.run_record`): inputs, code and data
-                            hashes, fingerprint; the hash of every other file here; git commit, wall time
+    <run>/provenance.json   what made it (`fingerprint.run_record`): the run's value, code and
+                            data hashes, its key; the hash of every other file here; git commit, wall time
     <run>/model.pt          the trained weights (state_dict)
 
 A run directory may come from another machine (an archive, a sweep's worker), so it is
@@ -23,41 +23,52 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import paths
-from .build import provenance
-from .errors import LabError
-from .experiments import Experiment
-from .files import atomic_dir, write_json
-from .train import RunResult, resolve_precision, uses_cuda_graphs
+from ..errors import LabError
+from ..files import atomic_dir, write_json
+from ..fingerprint import file_hash, git_state
+from ..train import RunResult
+
+# The files a run directory holds: its record, and what the record vouches for by hash.
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "model.pt",
+             "provenance.json")
 
 
-def training_record(experiment: Experiment, seed: int, *, device: str, precision: str = "auto",
-                    limit_train: int | None = None, limit_test: int | None = None, deterministic: bool = False,
-                    fast: bool = True, cuda_graphs: bool = True) -> dict:
-    """What a run of these settings depends on, and its fingerprint: the cache key of a run."""
-    device_type = torch.device(device).type
-    return provenance.run_record(experiment=experiment.to_dict(), seed=seed, device=device_type,
-                                 precision=resolve_precision(precision, device_type), limit_train=limit_train,
-                                 limit_test=limit_test, deterministic=deterministic, fast=fast,
-                                 **({"cuda_graphs": True} if uses_cuda_graphs(device_type, fast=fast,
-                                                                              cuda_graphs=cuda_graphs) else {}))
+def run_file_hashes(run_directory: Path) -> dict[str, str]:
+    return {name: file_hash(Path(run_directory) / name) for name in RUN_FILES if name != "provenance.json"}
 
 
-def result_record(result: RunResult) -> dict:
-    settings = result.settings
-    return training_record(result.experiment, result.seed, device=settings["device"],
-                           precision=settings["precision"], limit_train=settings["limit_train"],
-                           limit_test=settings["limit_test"], deterministic=settings["deterministic"],
-                           fast=settings["fast"], cuda_graphs=settings.get("cuda_graphs", False))
+def read_run_record(run_directory: Path) -> dict | None:
+    """A run's provenance.json, or None where there is none or it is not a record of this project's."""
+    path = Path(run_directory) / "provenance.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    fields = {"fingerprint": str, "inputs": dict, "code": dict, "data": dict}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return None
+    return record
 
 
-def run_directory(runs: Path, experiment_name: str, seed: int) -> Path:
-    """Where the run of `experiment_name` and `seed` lives under `runs`: the name is a label, and
-    one that is not a plain folder name (a `/`, `..`, a leading dot) is refused, never followed."""
-    if (not isinstance(experiment_name, str) or not experiment_name or experiment_name.startswith(".")
-            or any(char in experiment_name for char in "/\\\0")):
-        raise LabError(f"experiment name {experiment_name!r} cannot name a run directory")
-    return paths.inside(runs, f"{experiment_name}/seed{int(seed)}", "run directory")
+def run_file_problems(run_directory: Path) -> list[str]:
+    """What is wrong with a run directory's files against its record: missing, changed since the
+    run, or not a file a run writes. Empty: every file is the one the run wrote."""
+    directory = Path(run_directory)
+    record = read_run_record(directory)
+    if record is None:
+        return ["provenance.json is missing or unreadable"]
+    hashes = record.get("files")
+    if not isinstance(hashes, dict) or set(hashes) != set(RUN_FILES) - {"provenance.json"}:
+        return ["its record lists no hash for each of its files (made by an older version)"]
+    problems = []
+    for name, digest in sorted(hashes.items()):
+        path = directory / name
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{name} is missing")
+        elif file_hash(path) != digest:
+            problems.append(f"{name} changed since the run")
+    problems += [f"{p.name} is not a file a run writes" for p in sorted(directory.iterdir()) if p.name not in RUN_FILES]
+    return problems
 
 
 def check_replaceable(directory: str | Path) -> None:
@@ -68,7 +79,7 @@ def check_replaceable(directory: str | Path) -> None:
         raise LabError(f"{directory} is a file, not a run directory; choose a new folder for the run")
     if directory.is_dir():
         entries = sorted(directory.iterdir())
-        foreign = [p.name for p in entries if p.name not in provenance.RUN_FILES or p.is_symlink() or not p.is_file()]
+        foreign = [p.name for p in entries if p.name not in RUN_FILES or p.is_symlink() or not p.is_file()]
         if foreign:
             raise LabError(f"{directory} holds files that are not a training run ({foreign[0]}); "
                            "choose a new or empty folder")
@@ -86,9 +97,9 @@ def save_run(result: RunResult, directory: str | Path) -> Path:
     """Write `result` to `directory` as a whole: an interrupted save leaves the previous run intact."""
     directory = Path(directory)
     check_replaceable(directory)
-    record = result_record(result)
+    record = result.spec.record
     with atomic_dir(directory) as staging:
-        config = {"experiment": result.experiment.to_dict(), "seed": result.seed, **result.settings,
+        config = {"experiment": result.spec.value()["recipe"], "seed": result.seed, **result.settings,
                   "fingerprint": record["fingerprint"]}
         write_json(staging / "config.json", config)
         result.history.to_csv(staging / "history.csv", index=False)
@@ -99,7 +110,7 @@ def save_run(result: RunResult, directory: str | Path) -> Path:
         write_json(staging / "environment.json", result.environment)
         torch.save(result.model.state_dict(), staging / "model.pt")
         write_json(staging / "provenance.json", {  # last: it holds the hash of every other file
-            **record, "files": provenance.run_file_hashes(staging), "git": provenance.git_state(),
+            **record, "files": run_file_hashes(staging), "git": git_state(),
             "wall_seconds": round(float(result.history["seconds"].sum()), 2),
         })
     return directory
@@ -120,7 +131,7 @@ class Run:
 def load_run(directory: str | Path) -> Run:
     """Read a run directory back, after checking every file against its record."""
     directory = Path(directory)
-    problems = provenance.run_file_problems(directory)
+    problems = run_file_problems(directory)
     if problems:
         raise LabError(f"the run in {directory} cannot be used: {problems[0]}; train it again")
     read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
@@ -136,7 +147,7 @@ def load_run(directory: str | Path) -> Run:
 
 def load_model(run: Run, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained network of a run, in evaluation mode."""
-    from .models import create_model
+    from ..models import create_model
 
     experiment = run.config["experiment"]
     model = create_model(experiment["model"], **experiment["model_args"])
@@ -147,3 +158,4 @@ def load_model(run: Run, device: str | torch.device = "cpu") -> torch.nn.Module:
         raise LabError(f"{run.directory / 'model.pt'} does not hold this model's weights "
                        f"({type(error).__name__}); train the run again") from None
     return model.to(device).eval()
+

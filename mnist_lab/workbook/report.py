@@ -174,7 +174,7 @@ def _read_json(path: Path, what: str, fields: dict | None = None, *, fix: str):
 
 def _environments(directory: Path) -> list[dict]:
     return [_read_json(path, "a training run's environment", fix=f"remove {path.parent} or train it again")
-            for path in sorted(directory.glob("runs/*/*/environment.json"))]
+            for path in sorted(directory.glob("runs/*/environment.json"))]
 
 
 def _records(directory: Path) -> list[dict]:
@@ -191,18 +191,23 @@ def _records(directory: Path) -> list[dict]:
     return records
 
 
-def _training_runs(directory: Path) -> list[tuple[dict, dict]]:
-    """Each training run's config and metrics, in the order of their folders."""
+def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
+    """Each training run's names (from the run cache's index), config and metrics, by name."""
+    from ..runs import RunCache
+
+    names = RunCache(directory / "runs").names()  # an index of another shape names nothing
     runs = []
-    for config_path in sorted(directory.glob("runs/*/*/config.json")):
+    for config_path in sorted(directory.glob("runs/*/config.json")):
         fix = f"remove {config_path.parent} or train it again"
         config = _read_json(config_path, "a training run's config", CONFIG_FIELDS, fix=fix)
-        if not isinstance(config["experiment"].get("name"), str) or not OPTIONAL_STRING[1](config.get("fingerprint")):
-            raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its experiment's name "
+        if not isinstance(config["experiment"].get("model"), str) or not OPTIONAL_STRING[1](config.get("fingerprint")):
+            raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its model "
                            f"or its fingerprint is not a string); {fix}")
         metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
-        runs.append((config, metrics))
-    return runs
+        called = sorted(names.get(config.get("fingerprint") or "", []))
+        name = ", ".join(label.rpartition(" seed ")[0] for label in called) or config["experiment"]["model"]
+        runs.append((name, config, metrics))
+    return sorted(runs, key=lambda run: (run[0], run[1]["seed"]))
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -223,7 +228,7 @@ def _run_date(directory: Path) -> datetime | None:
             except (OSError, KeyError, TypeError, ValueError):
                 continue
     if not any(times):
-        times = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in directory.glob("runs/*/*/metrics.json")]
+        times = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in directory.glob("runs/*/metrics.json")]
     times = [t for t in times if t is not None]
     return max(times) if times else None
 
@@ -276,7 +281,7 @@ def stale_notebooks(profile: str) -> dict[str, list[str]]:
 
 def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
     values = info(profile)
-    lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/build/report.py); do not edit."]
+    lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/workbook/report.py); do not edit."]
     lines.append(r"\SmokeProfiletrue" if profile == "smoke" else r"\SmokeProfilefalse")
     lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
     values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
@@ -341,9 +346,9 @@ def provenance_tex(profile: str) -> str:
     lines += [r"\bottomrule", r"\end{tabular}}\end{center}", "",
               r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
               r"Experiment & Seed & Epochs & Test accuracy & Training time & Fingerprint \\", r"\midrule"]
-    for config, metrics in _training_runs(directory):  # numbers checked to be numbers, text escaped
+    for name, config, metrics in _training_runs(directory):  # numbers checked to be numbers, text escaped
         lines.append(
-            f"{_typewriter(config['experiment']['name'])} & {config['seed']:d} & {metrics['epochs']:d} & "
+            f"{_typewriter(name)} & {config['seed']:d} & {metrics['epochs']:d} & "
             f"{metrics['test_accuracy']:.2f}\\,\\% & {metrics['train_seconds']:.0f} s & "
             f"{_typewriter((config.get('fingerprint') or 'none')[:12])} \\\\"
         )

@@ -1,0 +1,150 @@
+"""The run cache: one folder per run, named by its key, verified every time it hands a run out.
+
+    cache = RunCache(paths.profile_dir("smoke") / "runs")
+    run = cache.get(spec)             # the run of this spec, checked file by file; None if absent
+    run = cache.put(fit(spec))        # saved whole, under spec.key
+    cache.label("vit", spec)          # index.json: the names people know the run by
+
+A folder is `<key[:16]>/`; its record holds the whole key and its files' hashes, so a folder
+renamed, cut or written elsewhere is never handed out as a run it is not. Names live only in
+`index.json` (label → seed → key), for people and the report's provenance appendix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from .. import paths
+from ..errors import LabError
+from ..files import write_json
+from ..fingerprint import run_record
+from ..spec import RunSpec
+from .directory import Run, load_run, read_run_record, run_file_problems, save_run
+
+KEY_LENGTH = 16  # hex digits of the key in a folder's name (64 bits); the record holds all of it
+INDEX = "index.json"
+
+
+class RunCache:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def directory(self, spec: RunSpec) -> Path:
+        return self.folder / spec.key[:KEY_LENGTH]
+
+    def get(self, spec: RunSpec) -> Run | None:
+        """The run of `spec`, if it is here whole: its record's key is the spec's, every file the one
+        the run wrote. Anything else (absent, another key, a cut file) is None: train it."""
+        directory = self.directory(spec)
+        if self.problems(spec):
+            return None
+        return load_run(directory)
+
+    def problems(self, spec: RunSpec) -> list[str]:
+        """Why `get(spec)` finds no run (empty: it does)."""
+        directory = self.directory(spec)
+        if directory.is_symlink() or not directory.is_dir():
+            return ["not trained yet"]
+        record = read_run_record(directory)
+        if record is None or record["fingerprint"] != spec.key:
+            return [f"{directory.name} holds another run"]
+        return run_file_problems(directory)
+
+    def put(self, result) -> Run:
+        """Save a finished run under its spec's key, as a whole (an interrupted save leaves the cache
+        as it was). A run trained on other images than its spec names is refused."""
+        spec = result.spec
+        expected = (spec.limit_train or 60000, spec.limit_test or 10000)
+        if (result.settings["train_size"], result.settings["test_size"]) != expected:
+            raise LabError(f"a run trained on {result.settings['train_size']} training and {result.settings['test_size']} "
+                           f"test images is not the run of its spec ({expected[0]} and {expected[1]}); "
+                           "only runs on the spec's own data go into the run cache")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return load_run(save_run(result, self.directory(spec)))
+
+    def checkpoint(self, spec: RunSpec) -> Path:
+        """Where an interrupted training of `spec` keeps its last completed epoch (fit resumes from it)."""
+        return self.folder / f".{spec.key[:KEY_LENGTH]}.checkpoint.pt"
+
+    # ---- names, for people ----------------------------------------------------------------
+
+    def label(self, name: str, spec: RunSpec) -> None:
+        """Record that `name` seed `spec.seed` is the run of `spec` (a name may change its run; a
+        run may have several names)."""
+        self.label_all([(name, spec)])
+
+    def label_all(self, named: list[tuple[str, RunSpec]]) -> None:
+        with self._index_lock():
+            index = self.index()
+            for name, spec in named:
+                index.setdefault(name, {})[str(spec.seed)] = spec.key
+            write_json(self.folder / INDEX, index)
+
+    def index(self) -> dict[str, dict[str, str]]:
+        """label → seed → key; an index that is not of that shape counts as empty (it only names runs)."""
+        try:
+            index = json.loads((self.folder / INDEX).read_text())
+        except (OSError, ValueError):
+            return {}
+        valid = isinstance(index, dict) and all(
+            isinstance(seeds, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in seeds.items())
+            for seeds in index.values())
+        return index if valid else {}
+
+    def names(self) -> dict[str, list[str]]:
+        """key → the names it is known by ("vit seed 0")."""
+        names: dict[str, list[str]] = {}
+        for label, seeds in self.index().items():
+            for seed, key in seeds.items():
+                names.setdefault(key, []).append(f"{label} seed {seed}")
+        return names
+
+    def runs(self) -> list[tuple[Path, dict]]:
+        """Every run folder here with its record (unreadable ones with None), in name order."""
+        if not self.folder.is_dir():
+            return []
+        return [(path, read_run_record(path)) for path in sorted(self.folder.iterdir())
+                if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+
+    @contextlib.contextmanager
+    def _index_lock(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.folder / ".index.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
+
+
+def for_profile(profile: str) -> RunCache:
+    return RunCache(paths.profile_dir(profile) / "runs")
+
+
+def staleness(run_directory: Path, fingerprint: str | None = None, name: str | None = None) -> list[str]:
+    """Why the run in `run_directory` would be trained again now (empty: it still matches its code).
+
+    With `fingerprint`, the run must also be the one of that key (the one a notebook used).
+    """
+    name = name or f"run {Path(run_directory).name}"
+    record = read_run_record(run_directory)
+    if record is None:
+        return [f"{name} is missing"]
+    if fingerprint is not None and record["fingerprint"] != fingerprint:
+        return [f"{name} was retrained"]
+    problems = run_file_problems(run_directory)
+    if problems:
+        return [f"{name}: {problem}" for problem in problems]
+    now = run_record(record["inputs"])
+    if now["fingerprint"] == record["fingerprint"]:
+        return []
+    changed = sorted(path for path in {*record["code"], *now["code"]}
+                     if record["code"].get(path) != now["code"].get(path))
+    reasons = [f"{path} changed (code of {name})" for path in changed]
+    if now["data"] != record["data"]:
+        reasons.append(f"MNIST data changed ({name})")
+    return reasons or [f"{name}'s inputs changed"]

@@ -1,0 +1,126 @@
+"""Training what a build is missing: each distinct spec once, through one executor.
+
+    report = train_missing(cache, planned)                   # here, one run at a time
+    report = train_missing(cache, planned, address="...")    # as Ray tasks on a cluster (`sweep`)
+
+Here, runs train one after another in this process, each with every core (on a CPU the
+fastest there is: two at once on 2 cores run many times slower, docs/performance.md); on a
+GPU, one after another as well (several at once on one GPU is not built yet). With an
+address, the runs go to Ray through the sweep's submission, and come back verified.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+
+from ..spec import RunSpec
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run a build will read, with the name people know it by (a label, never a key)."""
+
+    label: str  # an experiment or a variant: "vit", "vit[batch_size=64,hflip=false,max_rotation=10.0]"
+    spec: RunSpec
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} seed {self.spec.seed}"
+
+
+def distinct(planned: list[Planned]) -> dict[str, list[Planned]]:
+    """The planned runs by key: one entry per run to train, with every name it goes by."""
+    by_key: dict[str, list[Planned]] = {}
+    for run in planned:
+        by_key.setdefault(run.spec.key, []).append(run)
+    return by_key
+
+
+def train_missing(cache, planned: list[Planned], *, address: str | None = None, connect_timeout: float = 60,
+                  printer=print) -> dict:
+    """Train every distinct spec of `planned` the cache lacks, name every planned run in the
+    cache's index, and return what happened: {"planned", "distinct", "cached", "trained"}."""
+    by_key = distinct(planned)
+    missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec)]
+    printer(f"runs: {len(planned)} read by the notebooks, {len(by_key)} distinct, "
+            f"{len(by_key) - len(missing)} cached, {len(missing)} to train{_estimate(cache, missing)}")
+    if missing and address:
+        from .. import sweep
+
+        failed = sweep.train_on_cluster(missing, cache, address=address, connect_timeout=connect_timeout,
+                                        printer=printer)
+        if failed:
+            from ..errors import LabError
+
+            raise LabError(f"{len(failed)} run(s) failed on the cluster: {', '.join(failed)}; the others are "
+                           "in the run cache, and the same command retries the failed ones")
+    elif missing:
+        from ..data import load_mnist
+
+        data = load_mnist()
+        for number, run in enumerate(missing, 1):
+            train_here(cache, run, data, printer, f"[{number}/{len(missing)}] ")
+    cache.label_all([(run.label, run.spec) for run in planned])
+    return {"planned": len(planned), "distinct": len(by_key), "cached": len(by_key) - len(missing),
+            "trained": len(missing)}
+
+
+def train_here(cache, run: Planned, data, printer, prefix: str = "", progress: bool = False, bar=None,
+               announce=None):
+    """Train one run in this process and put it in the cache; one line per epoch to `printer`.
+    An interrupted training resumes from its last completed epoch the next time."""
+    from ..train import fit
+
+    spec = run.spec
+    epochs = spec.recipe.epochs
+    images = spec.limit_train or len(data.train)
+    seconds: list[float] = []
+
+    def epoch_line(row: dict) -> None:
+        seconds.append(row["seconds"])
+        left = sum(seconds) / len(seconds) * (epochs - row["epoch"])
+        printer(f"{prefix}{run.name}: epoch {row['epoch']}/{epochs}, {images / row['train_seconds']:,.0f} images/s, "
+                f"loss {row['train_loss']:.4f}, test accuracy {row['test_accuracy']:.2f}%, {human_seconds(left)} left")
+
+    checkpoint = cache.checkpoint(spec)
+    options = {"bar": bar} if bar else {}
+    result = fit(spec, label=run.name, data=data, progress=progress, checkpoint=checkpoint,
+                 on_epoch_end=epoch_line, announce=announce, **options)
+    stored = cache.put(result)
+    checkpoint.unlink(missing_ok=True)
+    return stored
+
+
+def human_seconds(seconds: float) -> str:
+    """4 s, 3 min 04 s, 1 h 02 min: how long, as people say it."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _estimate(cache, missing: list[Planned]) -> str:
+    """About how long the missing runs take, from the speed of the runs already cached (per model
+    and device: seconds per training image per epoch); nothing when no run tells."""
+    if not missing:
+        return ""
+    rates: dict[tuple, list[float]] = {}
+    for directory, record in cache.runs():
+        try:
+            metrics = json.loads((directory / "metrics.json").read_text())
+            inputs = record["inputs"]
+            per_image = 1 / metrics["train_images_per_second"]
+            rates.setdefault((inputs["recipe"]["model"], inputs["device"]), []).append(per_image)
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue  # a run without a speed to tell
+    known = [run for run in missing if (run.spec.recipe.model, run.spec.device) in rates]
+    if not known:
+        return ""
+    total = sum(statistics.median(rates[(run.spec.recipe.model, run.spec.device)])
+                * (run.spec.limit_train or 60000) * run.spec.recipe.epochs for run in known)
+    unknown = len(missing) - len(known)
+    return f", about {human_seconds(total)}" + (f" (+ {unknown} of models not yet timed here)" if unknown else "")

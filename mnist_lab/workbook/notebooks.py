@@ -1,0 +1,234 @@
+"""Running the workbook: plan the runs, train the missing ones, then execute the notebooks.
+
+`mnist-lab run` (and so `make report`) first gathers every run the notebooks it will execute
+read (`plan`), trains the missing ones, each distinct spec once, through one executor
+(`runs.executor`), and only then executes the notebooks with papermill; they only read runs.
+Each notebook's outputs are committed whole or not at all (`commit`); its parameters are
+checked strictly first (`parameters`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import paths
+from ..errors import LabError
+from ..files import write_json
+from . import provenance
+from .commit import commit, executed_path, failed_path, keep_failed, staging_dir
+from .hook import PLANNED_FILE, PROGRESS_FILE, STAGING_VARIABLE
+from .lock import profile_lock
+from .parameters import available, check_name, check_parameters, declared_parameters, effective_parameters
+
+__all__ = ["available", "check_parameters", "declared_parameters", "effective_parameters", "execute",
+           "execute_all", "executed_path", "plan_runs", "stale_as_run", "status"]
+
+
+def status(name: str, profile: str, parameters: dict | None = None, shared: dict | None = None) -> list[str]:
+    """Why the notebook's artifacts are stale under these parameters (empty: fresh)."""
+    return _unreadable_record(name, profile) or provenance.staleness(
+        provenance.read_record(profile, name), notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
+        parameters=effective_parameters(name, profile, parameters, shared), profile_dir=paths.profile_dir(profile),
+    )
+
+
+def _unreadable_record(name: str, profile: str) -> list[str]:
+    """A record that exists but cannot be used (cut short, another shape) makes the notebook stale, saying so."""
+    path = provenance.record_path(profile, name)
+    if path.exists() and provenance.read_record(profile, name) is None:
+        return [f"its provenance record {path.name} is unreadable"]
+    return []
+
+
+def stale_as_run(name: str, profile: str) -> list[str]:
+    """Why the notebook's artifacts no longer match the inputs of the run that made them.
+
+    Unlike `status`, the parameters are the ones that run used: a report shows whatever
+    seeds or device its notebooks were run with, as long as nothing else changed since.
+    """
+    record = provenance.read_record(profile, name)
+    return _unreadable_record(name, profile) or provenance.staleness(
+        record, notebook_file=paths.NOTEBOOKS / f"{name}.ipynb",
+        parameters=record["parameters"] if record else {}, profile_dir=paths.profile_dir(profile),
+    )
+
+
+def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
+            progress: bool = True) -> Path:
+    """Run one notebook headlessly; commit its outputs, executed copy and provenance record together."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .kernel import ENGINE, LoggedKernelManager
+
+    effective = effective_parameters(name, profile, parameters, shared)
+    source = paths.NOTEBOOKS / f"{name}.ipynb"
+    inputs = {"notebook": name, "profile": profile, "parameters": effective,
+              "notebook_hash": provenance.notebook_code_hash(source), "data": provenance.data_hashes(),
+              "git": provenance.git_state(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    staging = staging_dir(name, profile)
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left: ours, and never committed
+    staging.mkdir(parents=True)
+    planned, _ = plan_runs([name], profile=profile, parameters=parameters, shared=shared)
+    write_json(staging / PLANNED_FILE, sorted({run.spec.key for run in planned}))
+    executed = staging / "notebooks" / f"{name}.ipynb"
+    executed.parent.mkdir()
+    LoggedKernelManager.log_path = staging / "kernel.log"
+    start = time.perf_counter()
+    try:
+        with _environment(STAGING_VARIABLE, str(staging)), _printing(staging / PROGRESS_FILE):
+            papermill.execute_notebook(str(source), str(executed), parameters=effective, cwd=str(paths.NOTEBOOKS),
+                                       kernel_name="python3", progress_bar=progress, engine_name=ENGINE,
+                                       kernel_manager_class="mnist_lab.workbook.kernel.LoggedKernelManager")
+    except PapermillExecutionError as error:
+        log = keep_failed(name, profile, executed)
+        first_line = error.source.strip().splitlines()[0] if error.source.strip() else ""
+        raise LabError(
+            f"notebook {name} failed in cell [{error.exec_count}] ({first_line}) with {error.ename}: "
+            f"{error.evalue.strip()}; previous artifacts intact; the failed run is kept at {log}"
+        ) from None
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as error:  # the kernel died (out of memory, killed) or would not start
+        log = keep_failed(name, profile, executed)
+        raise LabError(f"notebook {name} could not finish: {type(error).__name__}: {error}; "
+                       f"previous artifacts intact{f'; what ran is kept at {log}' if log else ''}") from None
+    try:
+        changes = commit(name, profile, staging, inputs, wall_seconds=time.perf_counter() - start)
+    except LabError:  # refused before anything moved: the previous set stays whole, the staged one goes
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if changes["macros"] or changes["tables"]:
+        listed = [f"{macro} {old} → {new}" for macro, old, new in changes["macros"]]
+        listed += [f"table {table}" for table in changes["tables"]]
+        print(f"      changed: {'; '.join(listed)}", flush=True)
+    return executed_path(name, profile)
+
+
+@contextmanager
+def _printing(path: Path):
+    """Print the lines the kernel appends to `path` while the notebook runs (training progress)."""
+    stop = threading.Event()
+
+    def follow() -> None:
+        offset = 0
+        while True:
+            finished = stop.is_set()
+            if path.is_file():
+                with open(path) as handle:
+                    handle.seek(offset)
+                    for line in handle:
+                        if line.endswith("\n"):
+                            print(f"      {line.rstrip()}", flush=True)
+                            offset += len(line.encode())
+            if finished:
+                return
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def _environment(name: str, value: str):
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def execute_all(names: list[str] | None, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
+                force: bool = False, progress: bool = True, address: str | None = None) -> list[str]:
+    """Execute the stale notebooks among `names` (all by default), or all of them with `force`,
+    after training every run they read that the cache lacks. Returns the names of the notebooks that ran.
+    """
+    names = names or available()
+    # Check every name, parameter and the data before spending minutes on the first run.
+    reasons = {name: status(name, profile, parameters, shared) for name in names}
+    to_run = [name for name in names if force or reasons[name]]
+    if to_run:
+        from ..data import load_mnist
+
+        load_mnist()  # verified once here: a corrupt file is one line now, not a failed run later
+    with profile_lock(profile, f"run ({', '.join(to_run) or 'nothing stale'})"):
+        if to_run:
+            train_planned(to_run, profile=profile, parameters=parameters, shared=shared, address=address)
+        ran = _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
+                                force=force, progress=progress)
+        from .html import write_site
+
+        print(f"pages: {write_site(profile)}", flush=True)
+        return ran
+
+
+def plan_runs(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None):
+    """The runs the notebooks `names` read under these parameters, as far as the cache knows them
+    now, and what waits for a later stage (see `plan.planned`)."""
+    from ..profiles import get_profile
+    from ..runs import for_profile
+    from .plan import planned
+
+    cache, runs, later = for_profile(profile), [], []
+    for name in names:
+        effective = effective_parameters(name, profile, parameters, shared)
+        found, waiting = planned(name, effective, get_profile(profile), cache)
+        runs += found
+        later += waiting
+    return runs, later
+
+
+def train_planned(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None,
+                  address: str | None = None) -> None:
+    """Train what the notebooks `names` will read, stage after stage (a study's confirmation waits
+    for its screen), each distinct spec once."""
+    from ..runs import for_profile
+    from ..runs.executor import train_missing
+
+    cache = for_profile(profile)
+    for stage in range(1, 10):  # a study has at most two stages; the bound only guards a loop
+        runs, later = plan_runs(names, profile=profile, parameters=parameters, shared=shared)
+        note = f" (stage {stage}; later: {', '.join(later)})" if later or stage > 1 else ""
+        train_missing(cache, runs, address=address, printer=_say(note))
+        if not later:
+            return
+
+
+def _say(note: str):
+    def printer(line: str) -> None:
+        if line.startswith("runs:"):
+            line += note
+        print(line, flush=True)
+
+    return printer
+
+
+def _execute_in_order(names, reasons, *, profile, parameters, shared, force, progress) -> list[str]:
+    ran = []
+    for index, name in enumerate(names, 1):
+        if not force and not reasons[name]:
+            print(f"[{index}/{len(names)}] {name}: fresh, skipped", flush=True)
+            continue
+        why = "forced" if force else "; ".join(reasons[name])
+        print(f"[{index}/{len(names)}] {name} (profile {profile}): {why}", flush=True)
+        start = time.perf_counter()
+        output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress)
+        print(f"      done in {time.perf_counter() - start:.0f} s: {output}", flush=True)
+        ran.append(name)
+    return ran

@@ -1,0 +1,142 @@
+"""Provenance of the notebooks' artifacts: what each was made from, and whether it still matches.
+
+A training run's record and key are the run cache's (`fingerprint`, `runs.cache`); this module
+says what a notebook's outputs depend on, for `mnist-lab status`, `mnist-lab run` and the
+report's stale check.
+
+* A notebook's *record* (artifacts/<profile>/provenance/<notebook>.json), written when a
+  run of the notebook is committed: its parameters, the hash of its code cells, of each
+  package file it imported and of every artifact it wrote, the fingerprints of the training
+  runs it used, the data, the environment, the git commit and the wall time. `staleness`
+  compares a record with the present, recomputing what the runs it used depend on, and
+  says what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .. import paths
+from ..errors import LabError
+from ..data import MD5
+from ..fingerprint import code_hash, file_hash, git_state
+
+__all__ = ["code_hash", "data_hashes", "file_hash", "git_state", "notebook_code_hash", "read_notebook",
+           "read_record", "record_path", "record_problem", "staleness"]
+
+# ---- notebooks --------------------------------------------------------------------------------
+
+
+def read_notebook(path: str | Path) -> dict:
+    """The notebook, checked against Jupyter's own schema (nbformat): a file that is JSON but
+    not a notebook (`[]`, cells that are not a list, a cell without source) is one clear line."""
+    import nbformat
+
+    try:
+        notebook = nbformat.reads(Path(path).read_text(), as_version=4)
+        nbformat.validate(notebook)
+    except ValueError as error:
+        raise LabError(f"{path} is not a valid notebook (not JSON: {error})") from None
+    except (nbformat.ValidationError, AttributeError, KeyError, TypeError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise LabError(f"{path} is not a valid notebook ({message.splitlines()[0][:200]})") from None
+    return notebook
+
+
+def notebook_code_hash(path: str | Path) -> str:
+    """Hash of a notebook's code cells only: outputs, metadata and prose do not change results."""
+    cells = read_notebook(path).get("cells", [])
+    code = ["".join(cell["source"]) for cell in cells if cell.get("cell_type") == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()
+
+
+def data_hashes(root: Path | None = None) -> dict[str, str]:
+    """Hash of each MNIST file the loader would read (by content: touching a file changes nothing)."""
+    from ..data import default_root, find_file
+
+    root = root or default_root()
+    found = {name: find_file(root, name) for name in MD5}
+    return {name: file_hash(path) if path else "missing" for name, path in found.items()}
+
+
+def record_path(profile: str, notebook: str) -> Path:
+    return paths.profile_dir(profile) / "provenance" / f"{notebook}.json"
+
+
+# A notebook record's fields and their types: a record read from disk may have been written
+# by another machine or cut short, and is used only if it has this shape.
+RECORD_FIELDS = {"notebook": str, "profile": str, "parameters": dict, "notebook_hash": str, "data": dict,
+                 "git": dict, "started": str, "wall_seconds": (int, float), "sources": dict, "runs": dict,
+                 "outputs": dict, "changes": dict}
+
+
+def record_problem(record) -> str | None:
+    """What makes a notebook record unusable (None: it has the shape the runner writes)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for field, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
+            return f"its {field!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+    for field in ("sources", "runs", "outputs"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in record[field].items()):
+            return f"its {field!r} holds something other than names and hashes"
+    return None
+
+
+def read_record(profile: str, notebook: str) -> dict | None:
+    """The notebook's last provenance record, or None if it never ran through the runner or the
+    record is unusable (cut short, hand-edited, another shape): as if never run."""
+    path = record_path(profile, notebook)
+    try:
+        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return record if record is not None and record_problem(record) is None else None
+
+
+def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, profile_dir: Path) -> list[str]:
+    """Why a notebook's artifacts no longer match their inputs; an empty list means fresh."""
+    if record is None:
+        return ["never run (no provenance record)"]
+    reasons = []
+    if notebook_code_hash(notebook_file) != record["notebook_hash"]:
+        reasons.append(f"{notebook_file.name}'s code changed")
+    for relative, digest in record["sources"].items():
+        try:
+            path = paths.inside(paths.ROOT, relative, "source")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        if not path.exists():
+            reasons.append(f"{relative} was removed")
+        elif code_hash(path) != digest:
+            reasons.append(f"{relative} changed")
+    if data_hashes() != record["data"]:
+        changed = [name for name, digest in data_hashes().items() if record["data"].get(name) != digest]
+        reasons.append(f"MNIST data changed ({', '.join(changed)})")
+    for key, value in parameters.items():
+        if record["parameters"].get(key) != value:
+            reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} → {value!r})")
+    for relative, fingerprint in record["runs"].items():
+        try:
+            run_directory = paths.inside(profile_dir, relative, "run")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        from ..runs.cache import staleness as run_staleness
+
+        found = run_staleness(run_directory, fingerprint, name=relative)
+        reasons += [reason for reason in found if reason not in reasons]
+    for relative, digest in record["outputs"].items():
+        try:
+            path = paths.inside(profile_dir, relative, "output")
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        if not path.is_file():
+            reasons.append(f"{relative} is missing")
+        elif file_hash(path) != digest:
+            reasons.append(f"{relative} was modified after the run")
+    return reasons
