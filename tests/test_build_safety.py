@@ -198,13 +198,16 @@ def test_case4_ctrl_c_during_latex_does_not_poison_the_next_build(smoke_artifact
 
 
 def test_case5_every_training_source_changed_in_turn_makes_status_name_it(project):
-    sources = provenance.training_sources("basic_cnn")  # what the `trains` notebook's run trains
+    from mnist_lab.fingerprint import training_sources
+
+    sources = training_sources("basic_cnn")  # what the `trains` notebook's run trains
     names = {str(p.relative_to(project)) for p in sources}
     assert {"mnist_lab/train.py", "mnist_lab/data.py", "mnist_lab/augment.py", "mnist_lab/speed/layers.py",
             "mnist_lab/models/basic_cnn.py", "mnist_lab/models/__init__.py"} <= names
     assert "mnist_lab/models/vit.py" not in names  # another model's file
     assert "mnist_lab/results/figures.py" not in names  # a plot never retrains a model
     assert "mnist_lab/experiments.py" not in names  # the recipes: recorded field by field instead
+    assert "mnist_lab/machine.py" not in names  # when a run trains, not what it computes
     assert notebooks.status("trains", "smoke") == []
     for path in sources:
         original = path.read_bytes()
@@ -221,10 +224,10 @@ def test_case5_every_training_source_changed_in_turn_makes_status_name_it(projec
 
 def test_case5_comments_and_docstrings_retrain_nothing_and_a_model_edit_only_its_runs(project):
     from mnist_lab.experiments import get_experiment
-    from mnist_lab.runs import training_record
+    from mnist_lab.spec import RunSpec
 
     def fingerprints():
-        return {name: training_record(get_experiment(name), 0, device="cpu", limit_train=512)["fingerprint"]
+        return {name: RunSpec.of(get_experiment(name), 0, device="cpu", limit_train=512).key
                 for name in ("basic_cnn", "cnn", "vit")}
 
     before = fingerprints()
@@ -242,10 +245,10 @@ def test_case5_comments_and_docstrings_retrain_nothing_and_a_model_edit_only_its
 
 def test_case5_editing_one_recipe_retrains_that_model_alone(project):
     from mnist_lab.experiments import get_experiment
-    from mnist_lab.runs import training_record
+    from mnist_lab.spec import RunSpec
 
     def fingerprint(experiment):
-        return training_record(experiment, 0, device="cpu", limit_train=512)["fingerprint"]
+        return RunSpec.of(experiment, 0, device="cpu", limit_train=512).key
 
     basic_cnn, vit = get_experiment("basic_cnn"), get_experiment("vit")
     before = fingerprint(basic_cnn), fingerprint(vit)

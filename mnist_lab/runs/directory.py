@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -26,7 +27,9 @@ import torch
 from ..errors import LabError
 from ..files import atomic_dir, write_json
 from ..fingerprint import file_hash, git_state
-from ..train import RunResult
+
+if TYPE_CHECKING:
+    from ..train import RunResult
 
 # The files a run directory holds: its record, and what the record vouches for by hash.
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "model.pt",

@@ -204,7 +204,7 @@ def train_planned(names: list[str], *, profile: str, parameters: dict | None = N
     cache = for_profile(profile)
     for stage in range(1, 10):  # a study has at most two stages; the bound only guards a loop
         runs, later = plan_runs(names, profile=profile, parameters=parameters, shared=shared)
-        note = f" (stage {stage}; later: {', '.join(later)})" if later or stage > 1 else ""
+        note = f" (stage {stage}" + (f"; later: {', '.join(later)})" if later else ")") if later or stage > 1 else ""
         train_missing(cache, runs, address=address, printer=_say(note))
         if not later:
             return

@@ -26,7 +26,7 @@ class Reads:
 
 
 READS = {
-    "q1_convolution": Reads(),
+    "q1_convolution": Reads(experiments=("basic_cnn",)),  # the trained basic CNN's kernels
     "q1_losses": Reads(),
     "q2_cnn": Reads(experiments=("basic_cnn", "cnn", "cnn_flip"), studies=("basic_cnn",)),
     "q3_comparison": Reads(experiments=("mobilenet", "vit", "basic_cnn", "cnn"), studies=("vit",)),
