@@ -93,8 +93,9 @@ def format_value(value) -> str:
 def variant(base: str, overrides: dict) -> Experiment:
     """A registered experiment with some fields changed, named after them: cnn[hflip=true,lr=0.0003].
 
-    The name is part of the recipe, so each variant has its own fingerprint and run directory,
-    and `get_experiment` rebuilds the same variant from the name alone.
+    `get_experiment` rebuilds the same variant from the name alone. The name is a label: a run
+    is its recipe's fields (`spec.RunSpec`), so a variant that spells out its base's own values
+    is the base's run.
     """
     experiment = get_experiment(base)
     for name, value in overrides.items():
@@ -134,8 +135,8 @@ EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in [
         # Table 1: plain SGD without momentum, no augmentation. The report gives no batch size;
-        # 128 reproduces its slower first epoch (82.69% training accuracy), where 64 learns too
-        # fast and 256 too slowly: measured in the Q2 notebook's calibration study.
+        # 128 is the Q2 notebook's calibration study's choice (results.calibration.STUDIES
+        # ["basic_cnn"]; its notebook says in bold if the study ever names another).
         Experiment("basic_cnn", model="basic_cnn", optimizer="sgd", lr=0.01, epochs=3, batch_size=128),
         # Table 2. The report *says* it used random flipping and rotation, but its numbers
         # match rotation alone (a mirrored digit is a different digit or none; the Q2
@@ -148,10 +149,10 @@ EXPERIMENTS: dict[str, Experiment] = {
         # test accuracy from epoch 2 on (99.38% vs 98.88%) points to none.
         Experiment("mobilenet", model="mobilenet", optimizer="adam", lr=1e-3, epochs=5),
         # Table 4: AdamW with a tenfold learning-rate drop every 3 epochs. The report is silent
-        # on the ViT's augmentation; its training accuracy stays below the test accuracy all
-        # along (96.95% vs 98.90%). Flip and rotation, as its CNN section words it, come clearly
-        # closest to Table 4 of four recipes (the Q3 notebook's calibration study, 3 seeds):
-        # unlike Table 2, whose numbers match rotation alone.
+        # on the ViT's augmentation and batch size; flip and rotation at batch 64, as its CNN
+        # section words it, is the Q3 notebook's calibration study's choice
+        # (results.calibration.STUDIES["vit"]; its notebook says in bold if the study ever names
+        # another): unlike Table 2, whose numbers match rotation alone.
         Experiment("vit", model="vit", optimizer="adamw", lr=1e-3, epochs=10, weight_decay=1e-4,
                    lr_step=3, lr_gamma=0.1, augmentation=Augmentation(hflip=True, max_rotation=10.0)),
     ]

@@ -180,7 +180,7 @@ def _per_run(spec: RunSpec) -> dict:
         return {"num_gpus": 1, "num_cpus": 1}
     threads = spec.threads or 1
     if threads > cpus:
-        raise LabError(f"a run of {threads} threads (--cpus-per-run) is more than any node of the Ray cluster has "
+        raise LabError(f"--cpus-per-run {threads} is more than any node of the Ray cluster has "
                        f"(the largest has {cpus} CPUs): it would wait for ever")
     return {"num_cpus": threads}
 

@@ -70,20 +70,20 @@ def test_the_index_and_every_notebook_page_read_offline(smoke_artifacts, browser
     assert all(name in index_text for name in notebooks.available()) and "fresh" in index_text
 
 
-def test_pages_show_parameters_as_a_header_and_progress_as_its_final_text(smoke_artifacts):
+def test_pages_show_parameters_as_a_header_and_no_training_progress(smoke_artifacts):
     page = (smoke_artifacts / "html" / "q2_cnn.html").read_text()
     assert 'class="mnist-lab-header"' in page and "seeds = [0]" in page
     assert "injected-parameters" not in page  # the injected cell is the header now
-    assert "widget-view" not in page and " 0%|" not in page
-    assert re.search(r"cnn 1/2: 100%\|.*1000/1000 .*loss=[\d.]+, test_acc=[\d.]+%", page)  # the bar's final state
+    # The runner trained every run before the kernel started: no progress bar in a batch page.
+    assert "widget-view" not in page and "%|" not in page and "images/s" not in page
     assert not re.search(r"<script[^>]+src=\"https?:", page)
 
 
 def test_the_terminal_shows_an_epoch_line_for_every_model_trained(smoke_artifacts):
     printed = (smoke_artifacts.parent / "run-output.txt").read_text()
     for experiment in TRAINED:
-        lines = re.findall(rf"^      {re.escape(experiment)} seed 0: epoch (\d)/2, [\d,]+ images/s, loss [\d.]+, "
-                           r"test accuracy [\d.]+%, \d+ s left$", printed, re.MULTILINE)
+        lines = re.findall(rf"^\[\d+/\d+\] {re.escape(experiment)} seed 0: epoch (\d)/2, [\d,]+ images/s, "
+                           r"loss [\d.]+, test accuracy [\d.]+%, (?:\d+ min )?\d+ s left$", printed, re.MULTILINE)
         assert lines == ["1", "2"], (experiment, printed)
 
 

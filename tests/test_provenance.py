@@ -68,7 +68,7 @@ def test_prose_and_outputs_in_the_notebook_do_not_count(tiny_project):
 
 
 def test_a_changed_package_module_makes_its_users_stale(tiny_project):
-    workbook = tiny_project / "mnist_lab" / "build" / "workbook.py"
+    workbook = tiny_project / "mnist_lab" / "workbook" / "book.py"
     original = workbook.read_text()
     workbook.write_text(original + "\n# a comment changes nothing\n")
     assert _status() == {"alpha": [], "beta": []}

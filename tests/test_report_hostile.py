@@ -21,6 +21,8 @@ from mnist_lab import cli, paths
 from mnist_lab.workbook import html, provenance, report
 from mnist_lab.errors import LabError
 
+from conftest import run_folder
+
 needs_tex = pytest.mark.skipif(shutil.which("latexmk") is None,
                                reason="latexmk not installed: run `make tex` to build the report")
 SCRIPT = "<script>alert(1)</script>"
@@ -240,15 +242,16 @@ def test_a_malformed_record_is_unreadable_on_the_index_and_one_line_for_the_repo
         assert str(record_path) in str(error.value) and why in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("relative, text, why", [
-    ("runs/cnn/seed0/environment.json", "[]", "it is an array, not an object"),
-    ("runs/cnn/seed0/config.json", '{"experiment": {"name": "cnn"}, "seed": "0"}', "its 'seed' is a string"),
-    ("runs/cnn/seed0/metrics.json", '{"epochs": 2, "test_accuracy": "\\\\input{x}", "train_seconds": 1}',
+@pytest.mark.parametrize("file, text, why", [
+    ("environment.json", "[]", "it is an array, not an object"),
+    ("config.json", '{"experiment": {"model": "cnn"}, "seed": "0"}', "its 'seed' is a string"),
+    ("metrics.json", '{"epochs": 2, "test_accuracy": "\\\\input{x}", "train_seconds": 1}',
      "its 'test_accuracy' is a string"),
 ])
-def test_a_malformed_run_is_one_line_for_the_report(smoke_artifacts, tmp_path, monkeypatch, relative, text, why):
+def test_a_malformed_run_is_one_line_for_the_report(smoke_artifacts, tmp_path, monkeypatch, file, text, why):
     directory = _copy(smoke_artifacts, tmp_path, monkeypatch, runs=True)
-    (directory / relative).write_text(text)
+    path = run_folder(directory, "cnn") / file
+    path.write_text(text)
     with pytest.raises(LabError) as error:
         report.write_info("smoke")
-    assert str(directory / relative) in str(error.value) and why in str(error.value) and "\n" not in str(error.value)
+    assert str(path) in str(error.value) and why in str(error.value) and "\n" not in str(error.value)

@@ -1,7 +1,6 @@
 """`mnist-lab sweep`: Ray really schedules the runs, and they land where the notebooks look."""
 
 from __future__ import annotations
-from conftest import run_folder
 
 import contextlib
 import ipaddress
@@ -23,6 +22,9 @@ from mnist_lab import paths, sweep
 from mnist_lab.workbook import Workbook
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
+from mnist_lab.runs import RunCache
+
+from conftest import run_folder
 
 pytestmark = pytest.mark.slow  # Ray starts and trains
 
@@ -43,7 +45,7 @@ def _refuse_training(monkeypatch):
 
     monkeypatch.setattr("mnist_lab.train.fit", train)  # the workbook imports it when it trains
     monkeypatch.setattr("mnist_lab.workbook.fit", train, raising=False)  # or at import
-    monkeypatch.setattr(sweep, "_submit", train)
+    monkeypatch.setattr(sweep, "train_on_cluster", train)
 
 
 class _ListeningSockets(threading.Thread):
@@ -93,7 +95,8 @@ def test_a_local_sweep_fills_the_cache_keeps_going_past_a_failure_and_resumes(ar
     assert "2 run(s) failed" in printed.err.strip().splitlines()[-1]
     assert "basic_cnn[lr=1000000000.0] seed 0: FAILED: " in printed.out and "loss became nan" in printed.out
     assert "basic_cnn[lr=0.01] seed 1: test accuracy" in printed.out
-    assert sorted(p.name for p in (artifacts / "smoke" / "runs").iterdir()) == ["basic_cnn[lr=0.01]"]
+    cache = RunCache(artifacts / "smoke" / "runs")
+    assert list(cache.index()) == ["basic_cnn[lr=0.01]"] and len(cache.runs()) == 2  # the failed ones: nothing
 
     _refuse_training(monkeypatch)  # from here on, nothing may train
     book = Workbook("sweep_test", profile="smoke", device="cpu", seeds=[0, 1])
@@ -101,7 +104,7 @@ def test_a_local_sweep_fills_the_cache_keeps_going_past_a_failure_and_resumes(ar
     assert [run.config["seed"] for run in runs] == [0, 1]
     assert all(run.metrics["test_accuracy"] > 20 for run in runs)
     summary = sweep.run(["basic_cnn"], seeds=[0, 1], settings=["lr=0.01"], profile="smoke")
-    assert summary["outcomes"] == {"basic_cnn[lr=0.01]/seed0": "cached", "basic_cnn[lr=0.01]/seed1": "cached"}
+    assert summary["outcomes"] == {"basic_cnn[lr=0.01] seed 0": "cached", "basic_cnn[lr=0.01] seed 1": "cached"}
 
 
 @pytest.mark.parametrize("failures", [1, sweep.LOCAL_STARTS])
@@ -146,9 +149,12 @@ def test_a_bad_override_is_refused_before_anything_is_submitted(artifacts, monke
 
 def test_variants_are_named_by_their_overrides_and_rebuilt_from_the_name():
     tasks = sweep.plan(["cnn"], [0], sweep.parse_overrides(["augmentation.hflip=true,false"]), "smoke", "cpu")
-    names = [task.experiment.name for task in tasks]
+    names = [task.label for task in tasks]
     assert names == ["cnn[hflip=true]", "cnn[hflip=false]"]
-    assert len({task.fingerprint for task in tasks}) == 2
+    assert len({task.spec.key for task in tasks}) == 2
+    # A variant that spells out the experiment's own values is that experiment's run: planned once.
+    same = sweep.plan(["cnn"], [0], sweep.parse_overrides(["augmentation.hflip=false"]), "smoke", "cpu")
+    assert same[0].spec.key == sweep.plan(["cnn"], [0], [], "smoke", "cpu")[0].spec.key
     from mnist_lab.experiments import get_experiment
 
     assert get_experiment("cnn[hflip=true]").augmentation.hflip is True

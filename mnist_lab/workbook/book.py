@@ -102,7 +102,8 @@ class Workbook(Outputs):
             from ..runs.executor import train_here
 
             run = train_here(self.cache, planned, self.data, hook.say, progress=True, announce=hook.say)
-        self.cache.label(planned.label, planned.spec)
+        if not self.under_runner:  # the runner named every run it planned
+            self.cache.label(planned.label, planned.spec)
         self._runs[str(run.directory.relative_to(self.directory))] = planned.spec.key
         self._wrote()
         return run

@@ -204,8 +204,12 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
             raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its model "
                            f"or its fingerprint is not a string); {fix}")
         metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
-        called = sorted(names.get(config.get("fingerprint") or "", []))
-        name = ", ".join(label.rpartition(" seed ")[0] for label in called) or config["experiment"]["model"]
+        # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
+        # and how many more; a run no index names, by its model.
+        called = sorted({label.rpartition(" seed ")[0] for label in names.get(config.get("fingerprint") or "", [])},
+                        key=lambda label: (len(label), label))
+        name = (called[0] + (f" (+{len(called) - 1})" if len(called) > 1 else "")) if called else \
+            config["experiment"]["model"]
         runs.append((name, config, metrics))
     return sorted(runs, key=lambda run: (run[0], run[1]["seed"]))
 
