@@ -29,11 +29,14 @@ from .data import MD5
 
 TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code,
 RECORDED_AS_INPUTS = {"mnist_lab.experiments"}  # except what a run's value holds as data,
-NOT_COMPUTATION = {  # and what only describes, names or schedules a run
+NOT_COMPUTATION = {  # and what only describes, names, places or schedules a run
     "mnist_lab.errors",  # messages
     "mnist_lab.machine",  # the machine-wide CPU slot: when a run trains, not what it computes
     "mnist_lab.fingerprint",  # this file: a change of the key's recipe changes every key anyway
     "mnist_lab.spec",  # the run's value, hashed field by field
+    "mnist_lab.profiles",  # a profile's effect on a run (subset, epochs) is in the value
+    "mnist_lab.paths",  # where files are; the data's checksums are in the key
+    "mnist_lab.files",  # how files are written whole
 }
 SPEED = Path("mnist_lab") / "speed"
 CUDA_GRAPHS = SPEED / "cuda.py"

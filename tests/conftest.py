@@ -33,14 +33,14 @@ def small_mnist(mnist):
     return Mnist(train=mnist.train.head(512), test=mnist.test.head(256))
 
 
-def train_run(experiment, *, data, progress=False, checkpoint=None, on_epoch_end=None, **settings):
+def train_run(experiment, *, data, progress=False, checkpoint=None, on_epoch_end=None, bar=None, **settings):
     """`fit` of the run of `experiment` with these RunSpec settings (on the CPU unless told)."""
     from mnist_lab.spec import RunSpec
     from mnist_lab.train import fit
 
     settings.setdefault("device", "cpu")
     return fit(RunSpec.of(experiment, **settings), data=data, progress=progress, checkpoint=checkpoint,
-               on_epoch_end=on_epoch_end)
+               on_epoch_end=on_epoch_end, **({"bar": bar} if bar else {}))
 
 
 def run_folder(profile_dir: Path, name: str, seed: int = 0) -> Path:

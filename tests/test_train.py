@@ -114,27 +114,35 @@ def test_failed_write_keeps_the_previous_directory(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
 
 
-def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path, monkeypatch):
-    from mnist_lab import train
-
+def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path):
     # The ViT has every kind of state a resume must restore: dropout, augmentation, a schedule.
     experiment = get_experiment("vit").replace(epochs=3, lr_step=1)
-    options = dict(seed=5, data=small_mnist, device="cpu", progress=False)
+    options = dict(seed=5, data=small_mnist)
     uninterrupted = train_run(experiment, **options)
 
+    epochs_started = []
+
+    class CtrlCInEpoch3:
+        """fit's progress bar, through which Ctrl-C arrives halfway through the third epoch."""
+
+        def __init__(self, total, **_):
+            self.total, self.done = total, 0
+            epochs_started.append(1)
+
+        def update(self, images):
+            self.done += images
+            if len(epochs_started) == 3 and self.done >= self.total // 2:
+                raise KeyboardInterrupt
+
+        def set_postfix(self, **_):
+            pass
+
+        def close(self):
+            pass
+
     checkpoint = tmp_path / "run.checkpoint.pt"
-    real_epoch, epochs_started = train._eager_epoch, []
-
-    def interrupted_in_epoch_3(*args, **kwargs):
-        epochs_started.append(1)
-        if len(epochs_started) == 3:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the third epoch
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_eager_epoch", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train_run(experiment, checkpoint=checkpoint, **options)
-    monkeypatch.undo()
+        train_run(experiment, checkpoint=checkpoint, bar=CtrlCInEpoch3, **options)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2  # tensors and containers only
 
     resumed = train_run(experiment, checkpoint=checkpoint, **options)
