@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PROFILE ?= full
+# The calibration studies' runs: read from frozen/ (frozen), or trained here (train).
+STUDIES ?= frozen
 
 .PHONY: setup tex browser report test bench gpu-check clean
 
@@ -30,7 +32,7 @@ browser:
 # nothing changed trains nothing), then build artifacts/$(PROFILE)/report.pdf (latexmk rebuilds
 # only when an input changed). `make report PROFILE=smoke` for a quick check.
 report: setup tex
-	$(BIN)/mnist-lab run --profile $(PROFILE)
+	$(BIN)/mnist-lab run --profile $(PROFILE) --studies $(STUDIES)
 	$(BIN)/mnist-lab report --profile $(PROFILE)
 
 test: setup

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="set a notebook parameter; VALUE is a Python literal (e.g. -p seeds '[0, 1]')")
     run.add_argument("--force", action="store_true", help="re-run every notebook named, stale or not")
     run.add_argument("--address", help="train the missing runs as Ray tasks on this cluster (as `sweep --address`)")
+    run.add_argument("--studies", choices=("frozen", "train"), default="frozen",
+                     help="the calibration studies' runs: read from frozen/ where the cache lacks them (default), "
+                          "or trained here")
     run.add_argument("--no-progress", action="store_true",
                      help="no bar of each notebook's cells (drawn only on a terminal; a log gets the epoch lines alone)")
 
@@ -122,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--seeds", type=_seed, nargs="+", action=_Distinct, help="as for `run`")
     status.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="as for `run`")
+    freeze = commands.add_parser("freeze", help="write the calibration studies' runs from the run cache into frozen/ "
+                                                "(after `run --studies train`)")
+    freeze.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose runs")
     status.add_argument("--runs", action="store_true",
                         help="list the profile's run cache instead: each run's key, names, settings and freshness")
 
@@ -176,7 +182,7 @@ def _run(args) -> None:
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
                           force=args.force, progress=not args.no_progress and sys.stderr.isatty(),
-                          address=args.address)
+                          address=args.address, studies=args.studies)
 
 
 def _status(args) -> None:
@@ -189,6 +195,9 @@ def _status(args) -> None:
     if args.runs:
         _list_runs(args.profile)
         return
+    frozen = notebooks.frozen_line(args.profile)
+    if frozen:
+        print(f"frozen: {frozen}")
     for name in args.notebooks or notebooks.available():
         reasons = notebooks.status(name, args.profile, parameters, shared)
         record = provenance.read_record(args.profile, name) or {"outputs": {}}
@@ -287,6 +296,12 @@ def _train(args) -> None:
           f"{metrics['epochs']} epochs, {metrics['train_images_per_second']:.0f} images/s; run: {out or run.directory}")
 
 
+def _freeze(args) -> None:
+    from .workbook import notebooks
+
+    print(f"froze the {args.profile} profile's calibration-study runs into {notebooks.freeze(args.profile)}")
+
+
 def _pack(args) -> None:
     from .workbook import archive
 
@@ -316,7 +331,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     args = args or build_parser().parse_args(argv)
     try:
         {"train": _train, "run": _run, "sweep": _sweep, "status": _status, "report": _report,
-         "pack": _pack, "unpack": _unpack, "bench": _bench}[args.command](args)
+         "pack": _pack, "unpack": _unpack, "bench": _bench, "freeze": _freeze}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

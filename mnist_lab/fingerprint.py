@@ -69,12 +69,17 @@ def code_hash(path: str | Path) -> str:
     parser drops comments), so a comment or a reworded docstring changes no key and stales
     nothing; any other file, and Python that does not parse, byte for byte."""
     path = Path(path)
-    if path.suffix != ".py":
-        return file_hash(path)
+    return code_hash_of(path.read_bytes(), path.suffix)
+
+
+def code_hash_of(content: bytes, suffix: str) -> str:
+    """`code_hash` of a file's content (a version of it in git, say), given its suffix."""
+    if suffix != ".py":
+        return hashlib.sha256(content).hexdigest()
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        tree = ast.parse(content)
     except (SyntaxError, ValueError):
-        return file_hash(path)
+        return hashlib.sha256(content).hexdigest()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]

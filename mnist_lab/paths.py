@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"  # the MNIST files the repository carries (gzipped)
 NOTEBOOKS = Path(os.environ.get("MNIST_LAB_NOTEBOOKS") or ROOT / "notebooks")  # tests point it at their own
 REPORT = ROOT / "report"
+# The calibration studies' runs, frozen with their records and committed (`mnist-lab freeze`);
+# tests point it elsewhere.
+FROZEN = Path(os.environ.get("MNIST_LAB_FROZEN") or ROOT / "frozen")
 # Everything a run generates; never committed. Tests point it elsewhere through the
 # environment, which the notebook kernels that papermill starts inherit.
 ARTIFACTS = Path(os.environ.get("MNIST_LAB_ARTIFACTS") or ROOT / "artifacts")

@@ -19,6 +19,19 @@ def own_artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_frozen_studies(tmp_path_factory):
+    """The tests' builds train the calibration studies unless a test freezes some itself: the
+    checkout's frozen/ is read only by the tests of it (tests/test_frozen.py)."""
+    from mnist_lab import paths
+
+    empty = tmp_path_factory.mktemp("frozen")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paths, "FROZEN", empty)
+        patch.setenv("MNIST_LAB_FROZEN", str(empty))
+        yield empty
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST, read and verified once for the whole session."""
@@ -66,7 +79,7 @@ def smoke_artifacts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("MNIST_LAB_ARTIFACTS", str(root))
         patch.setattr(paths, "ARTIFACTS", root)
-        notebooks.execute_all(None, profile="smoke", progress=False)
+        notebooks.execute_all(None, profile="smoke", progress=False, studies="train")  # the studies trained too
         (root / "run-output.txt").write_text(printed.getvalue())
         yield root / "smoke"
 

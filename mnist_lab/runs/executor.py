@@ -39,13 +39,16 @@ def distinct(planned: list[Planned]) -> dict[str, list[Planned]]:
 
 
 def train_missing(cache, planned: list[Planned], *, address: str | None = None, connect_timeout: float = 60,
-                  printer=print) -> dict:
+                  printer=print, frozen: int = 0, read: int | None = None) -> dict:
     """Train every distinct spec of `planned` the cache lacks, name every planned run in the
-    cache's index, and return what happened: {"planned", "distinct", "cached", "trained"}."""
+    cache's index, and return what happened: {"planned", "distinct", "cached", "trained"}.
+    `frozen`: how many more distinct runs the notebooks read from frozen/, and `read` how many they
+    read in all (the plan's line says both)."""
     by_key = distinct(planned)
     missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec)]
-    printer(f"runs: {len(planned)} read by the notebooks, {len(by_key)} distinct, "
-            f"{len(by_key) - len(missing)} cached, {len(missing)} to train{_estimate(cache, missing)}")
+    from_frozen = f"{frozen} frozen, " if frozen else ""
+    printer(f"runs: {len(planned) if read is None else read} read by the notebooks, {len(by_key) + frozen} distinct, "
+            f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{_estimate(cache, missing)}")
     if missing and address:
         from .. import sweep
 

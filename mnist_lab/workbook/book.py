@@ -51,6 +51,8 @@ class Workbook(Outputs):
         self.under_runner = hook.staging() is not None
         self.outputs = hook.staging() or self.directory
         self._runs: dict[str, str] = {}  # run folder → key: the runs this session read, for its record
+        self._frozen: dict[str, str] = {}  # the same for the studies' runs read from frozen/
+        self._marked: dict[str, tuple[str, ...]] = {}  # frozen runs whose key is not the spec's: why
 
     @cached_property
     def data(self) -> Mnist:
@@ -87,13 +89,23 @@ class Workbook(Outputs):
     def run(self, experiment_name: str, seed: int = 0) -> Run:
         return self.runs(experiment_name, [seed])[0]
 
-    def _read(self, planned) -> Run:
-        """The planned run from the cache; explored by hand, trained here first if missing."""
-        planned_keys = hook.planned_keys()
+    def _read(self, planned, study: bool = False) -> Run:
+        """The planned run from the cache; a study's, else from frozen/ (unless the runner trains the
+        studies); explored by hand, trained here first if missing."""
+        from .plan import read_study_run
+
+        planned_keys, studies = hook.planned()
         if planned_keys is not None and planned.spec.key not in planned_keys:
             raise LabError(f"notebook {self.notebook} reads {planned.name}, a run the runner did not plan for it: "
                            "declare what it reads in mnist_lab/workbook/plan.py (READS)")
-        run = self.cache.get(planned.spec)
+        run, stand_in = read_study_run(planned, self.profile, self.cache, studies) if study else \
+            (self.cache.get(planned.spec), None)
+        if stand_in is not None:
+            self._frozen[str(stand_in.directory.relative_to(paths.FROZEN))] = stand_in.record["fingerprint"]
+            if stand_in.differences:
+                self._marked[planned.name] = stand_in.differences
+            self._wrote()
+            return run
         if run is None:
             if self.under_runner:
                 raise LabError(f"{planned.name} ({planned.spec.describe()}; key {planned.spec.key[:12]}) is not in "
@@ -146,7 +158,9 @@ class Workbook(Outputs):
         from .plan import confirmation_runs, screening_runs
 
         study, seeds = calibration.get_study(name), check_seeds(seeds)
-        load = lambda groups: {label: [self._read(run) for run in runs] for label, runs in groups.items()}  # noqa: E731
+        self._marked = {}
+        load = lambda groups: {label: [self._read(run, study=True) for run in runs]  # noqa: E731
+                               for label, runs in groups.items()}
         screened = load(screening_runs(study, seeds, self.profile, self.device))
         if screened:
             display(self.table(calibration.table(screened, study.model), f"{name}_calibration_screen"))
@@ -167,10 +181,15 @@ class Workbook(Outputs):
         self.macro(f"{prefix}CalibrationSeeds", len(seeds))
         text = decision.sentence(study)
         display(Markdown(text if decision.settled else f"**{text}**"))
+        if self._marked:
+            reasons = sorted({reason for why in self._marked.values() for reason in why})
+            display(Markdown(f"**{len(self._marked)} of these runs come from frozen/ and no longer match the code "
+                             f"they would be trained with here: {' and '.join(reasons)} differ.** "
+                             "`mnist-lab run --studies train` trains them here."))
         return decision
 
     def _wrote(self) -> None:
         """Tell the runner which runs this session read and which package modules it imported."""
         if self.under_runner:
             device = resolve_device(self.device)
-            hook.record_session(self._runs, device, environment(device))
+            hook.record_session(self._runs, self._frozen, device, environment(device))

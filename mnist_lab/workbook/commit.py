@@ -99,6 +99,7 @@ def commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: f
         "environment": used.get("environment"),
         "sources": {module: provenance.code_hash(paths.ROOT / module) for module in used["modules"]},
         "runs": used["runs"],
+        "frozen": used.get("frozen", {}),
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
         "changes": _changes(directory, staging, staged),
     }

@@ -28,17 +28,19 @@ def staging() -> Path | None:
     return Path(folder) if folder else None
 
 
-def planned_keys() -> set[str] | None:
-    """The keys of the runs the runner planned for this notebook (None when explored by hand)."""
+def planned() -> tuple[set[str] | None, str]:
+    """The keys of the runs the runner planned for this notebook (None when explored by hand), and
+    where the studies' runs come from ("frozen", the default, or "train")."""
     import json
 
     folder = staging()
     if folder is None:
-        return None
+        return None, "frozen"
     try:
-        return set(json.loads((folder / PLANNED_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
-        return set()
+        plan = json.loads((folder / PLANNED_FILE).read_text())
+        return set(plan["keys"]), str(plan["studies"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return set(), "train"
 
 
 def say(line: str) -> None:
@@ -51,9 +53,10 @@ def say(line: str) -> None:
         log.write(line + "\n")
 
 
-def record_session(runs: dict[str, str], device, environment: dict) -> None:
-    """Tell the runner which runs this kernel used (folder → key) and which package modules it
-    imported (what it wrote, the runner sees in its staging folder)."""
+def record_session(runs: dict[str, str], frozen: dict[str, str], device, environment: dict) -> None:
+    """Tell the runner which runs this kernel used (folder → key; frozen runs by their folder
+    under frozen/) and which package modules it imported (what it wrote, the runner sees in its
+    staging folder)."""
     folder = staging()
     if folder is None:
         return
@@ -62,5 +65,5 @@ def record_session(runs: dict[str, str], device, environment: dict) -> None:
         for name, module in list(sys.modules.items())
         if name.startswith("mnist_lab") and getattr(module, "__file__", None)
     )
-    write_json(folder / SESSION_FILE, {"runs": runs, "modules": modules, "device": str(device),
+    write_json(folder / SESSION_FILE, {"runs": runs, "frozen": frozen, "modules": modules, "device": str(device),
                                       "environment": environment})

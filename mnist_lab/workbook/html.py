@@ -192,6 +192,9 @@ def index_html(profile: str) -> str:
         changed = _changed(record)
         if changed:
             changes.append(f"<h3>{title}</h3><ul>{changed}</ul>")
+    frozen = notebooks.frozen_line(profile)
+    frozen = (f'<p class="{"stale" if "no longer match" in frozen else "fresh"}">Calibration studies: '
+              f'{html.escape(frozen)} (<code>make report STUDIES=train</code> trains them here).</p>' if frozen else "")
     profile = html.escape(profile)
     pdf = ('<p><a href="report.pdf">The report (PDF)</a></p>' if (directory / "report.pdf").is_file()
            else f"<p>No PDF yet: <code>mnist-lab report --profile {profile}</code> builds it.</p>")
@@ -206,6 +209,7 @@ table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px
 <body>
 <h1>mnist-lab: the {profile} workbook</h1>
 {pdf}
+{frozen}
 <h2>Notebooks</h2>
 <table><tr><th>notebook</th><th>parameters</th><th>ran (UTC)</th><th>time</th><th>device</th><th>status</th></tr>
 {''.join(rows)}

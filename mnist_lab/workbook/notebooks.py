@@ -60,7 +60,7 @@ def stale_as_run(name: str, profile: str) -> list[str]:
 
 
 def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, studies: str = "frozen") -> Path:
     """Run one notebook headlessly; commit its outputs, executed copy and provenance record together."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -75,8 +75,8 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
     staging = staging_dir(name, profile)
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left: ours, and never committed
     staging.mkdir(parents=True)
-    planned, _ = plan_runs([name], profile=profile, parameters=parameters, shared=shared)
-    write_json(staging / PLANNED_FILE, sorted({run.spec.key for run in planned}))
+    plan = plan_runs([name], profile=profile, parameters=parameters, shared=shared, studies=studies)
+    write_json(staging / PLANNED_FILE, {"keys": sorted({run.spec.key for run in plan.runs}), "studies": studies})
     executed = staging / "notebooks" / f"{name}.ipynb"
     executed.parent.mkdir()
     LoggedKernelManager.log_path = staging / "kernel.log"
@@ -155,13 +155,19 @@ def _environment(name: str, value: str):
 
 
 def execute_all(names: list[str] | None, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-                force: bool = False, progress: bool = True, address: str | None = None) -> list[str]:
+                force: bool = False, progress: bool = True, address: str | None = None,
+                studies: str = "frozen") -> list[str]:
     """Execute the stale notebooks among `names` (all by default), or all of them with `force`,
     after training every run they read that the cache lacks. Returns the names of the notebooks that ran.
     """
     names = names or available()
     # Check every name, parameter and the data before spending minutes on the first run.
     reasons = {name: status(name, profile, parameters, shared) for name in names}
+    if studies == "train":  # a notebook that read its studies from frozen/ reads trained runs now
+        for name in names:
+            record = provenance.read_record(profile, name) or {}
+            if record.get("frozen") and not reasons[name]:
+                reasons[name] = ["its studies' runs came from frozen/; --studies train trains them"]
     to_run = [name for name in names if force or reasons[name]]
     if to_run:
         from ..data import load_mnist
@@ -169,44 +175,51 @@ def execute_all(names: list[str] | None, *, profile: str, parameters: dict | Non
         load_mnist()  # verified once here: a corrupt file is one line now, not a failed run later
     with profile_lock(profile, f"run ({', '.join(to_run) or 'nothing stale'})"):
         if to_run:
-            train_planned(to_run, profile=profile, parameters=parameters, shared=shared, address=address)
+            train_planned(to_run, profile=profile, parameters=parameters, shared=shared, address=address,
+                          studies=studies)
         ran = _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
-                                force=force, progress=progress)
+                                force=force, progress=progress, studies=studies)
         from .html import write_site
 
         print(f"pages: {write_site(profile)}", flush=True)
         return ran
 
 
-def plan_runs(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None):
-    """The runs the notebooks `names` read under these parameters, as far as the cache knows them
-    now, and what waits for a later stage (see `plan.planned`)."""
+def plan_runs(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None,
+              studies: str = "frozen"):
+    """What the notebooks `names` read under these parameters (`plan.Plan`), as far as the cache
+    and frozen/ know it now."""
     from ..profiles import get_profile
     from ..runs import for_profile
-    from .plan import planned
+    from .plan import Plan, planned
 
-    cache, runs, later = for_profile(profile), [], []
+    cache, plan = for_profile(profile), Plan()
     for name in names:
-        effective = effective_parameters(name, profile, parameters, shared)
-        found, waiting = planned(name, effective, get_profile(profile), cache)
-        runs += found
-        later += waiting
-    return runs, later
+        plan.add(planned(name, effective_parameters(name, profile, parameters, shared), get_profile(profile), cache,
+                         studies))
+    return plan
 
 
 def train_planned(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-                  address: str | None = None) -> None:
+                  address: str | None = None, studies: str = "frozen") -> None:
     """Train what the notebooks `names` will read, stage after stage (a study's confirmation waits
-    for its screen), each distinct spec once."""
+    for its screen), each distinct spec once; a study's runs from frozen/ where it has them."""
     from ..runs import for_profile
+    from ..runs import frozen as frozen_runs
     from ..runs.executor import train_missing
 
     cache = for_profile(profile)
     for stage in range(1, 10):  # a study has at most two stages; the bound only guards a loop
-        runs, later = plan_runs(names, profile=profile, parameters=parameters, shared=shared)
-        note = f" (stage {stage}" + (f"; later: {', '.join(later)})" if later else ")") if later or stage > 1 else ""
-        train_missing(cache, runs, address=address, printer=_say(note))
-        if not later:
+        plan = plan_runs(names, profile=profile, parameters=parameters, shared=shared, studies=studies)
+        note = f" (stage {stage}" + (f"; later: {', '.join(plan.later)})" if plan.later else ")") \
+            if plan.later or stage > 1 else ""
+        stand_ins = plan.stand_ins()
+        train_missing(cache, plan.to_train(), address=address, printer=_say(note), frozen=len(stand_ins),
+                      read=len(plan.runs))
+        if not plan.later:
+            if stand_ins:
+                print(f"frozen: {frozen_runs.summary(list(stand_ins.values()))} "
+                      f"(`--studies train` trains them here)", flush=True)
             return
 
 
@@ -219,7 +232,7 @@ def _say(note: str):
     return printer
 
 
-def _execute_in_order(names, reasons, *, profile, parameters, shared, force, progress) -> list[str]:
+def _execute_in_order(names, reasons, *, profile, parameters, shared, force, progress, studies) -> list[str]:
     ran = []
     for index, name in enumerate(names, 1):
         if not force and not reasons[name]:
@@ -228,7 +241,96 @@ def _execute_in_order(names, reasons, *, profile, parameters, shared, force, pro
         why = "forced" if force else "; ".join(reasons[name])
         print(f"[{index}/{len(names)}] {name} (profile {profile}): {why}", flush=True)
         start = time.perf_counter()
-        output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress)
+        output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress,
+                         studies=studies)
         print(f"      done in {time.perf_counter() - start:.0f} s: {output}", flush=True)
         ran.append(name)
     return ran
+
+
+def study_seeds(profile: str, parameters: dict | None = None, shared: dict | None = None) -> dict[str, list[int]]:
+    """Each declared study's seeds: the `calibration_seeds` of the notebook that presents it."""
+    from .plan import reads
+
+    return {study: effective_parameters(name, profile, parameters, shared)["calibration_seeds"]
+            for name in available() for study in reads(name).studies}
+
+
+def freeze(profile: str) -> Path:
+    """`mnist-lab freeze`: the studies' runs, as the notebooks read them, from the run cache into
+    frozen/<profile>/ with the declaration they were chosen by."""
+    from ..profiles import get_profile
+    from ..runs import for_profile
+    from ..runs import frozen as frozen_runs
+    from .plan import study_declaration
+
+    with_studies = [name for name in available() if _reads_studies(name)]
+    plan = plan_runs(with_studies, profile=profile, studies="train")
+    if plan.later:
+        raise LabError(f"{', '.join(plan.later)} is not trained yet: run `mnist-lab run --profile {profile} "
+                       "--studies train` first")
+    runs = list({(run.label, run.spec.seed): run for run in plan.study}.values())
+    declaration = study_declaration(get_profile(profile), study_seeds(profile))
+    return frozen_runs.freeze(profile, runs, for_profile(profile), declaration)
+
+
+def _reads_studies(name: str) -> bool:
+    from .plan import reads
+
+    return bool(reads(name).studies)
+
+
+def frozen_in_use(profile: str) -> list:
+    """The frozen runs the notebooks read when they last ran (from their records), each checked
+    against the spec it stands in for now: [(the names it stands in for, Frozen)]."""
+    from ..runs import frozen as frozen_runs
+
+    used = []
+    for name in available():
+        record = provenance.read_record(profile, name)
+        if not record or not record.get("frozen"):
+            continue
+        parameters = {key: value for key, value in record["parameters"].items() if key != "profile"}
+        try:
+            plan = plan_runs([name], profile=profile, parameters=parameters)
+        except LabError:
+            continue  # parameters no longer valid: the notebook is stale, and says why
+        keys = set(record["frozen"].values())
+        for key, stand_in in plan.stand_ins().items():
+            if stand_in.record["fingerprint"] in keys:
+                names = sorted({run.name for run in plan.runs if run.spec.key == key})
+                used.append((names, stand_in))
+    unique = {stand_in.directory: (names, stand_in) for names, stand_in in used}
+    return list(unique.values())
+
+
+def frozen_line(profile: str) -> str:
+    """One line on the frozen runs in use, for `status`, the index and the title page ("" if none)."""
+    from ..runs import frozen as frozen_runs
+
+    return frozen_runs.summary([stand_in for _, stand_in in frozen_in_use(profile)])
+
+
+def frozen_declaration_problem(profile: str) -> str | None:
+    """What makes frozen/<profile>/ out of date with the studies' declaration (their candidates,
+    rule, seeds, epochs), naming the commands that refresh it; None when it matches or is absent."""
+    import json
+
+    from .. import paths
+    from ..profiles import get_profile
+    from ..runs import frozen as frozen_runs
+    from .plan import study_declaration
+
+    path = frozen_runs.folder(profile) / frozen_runs.STUDIES
+    if not path.is_file():
+        return None
+    frozen = json.loads(path.read_text())
+    now = study_declaration(get_profile(profile), study_seeds(profile))
+    changed = sorted(f"{name}: {field}" for name in {*frozen, *now}
+                     for field in sorted({*(frozen.get(name) or {}), *(now.get(name) or {})})
+                     if (frozen.get(name) or {}).get(field) != (now.get(name) or {}).get(field))
+    if not changed:
+        return None
+    return (f"{path.relative_to(paths.FROZEN.parent)} was frozen under another declaration of the studies "
+            f"({', '.join(changed)}): run `make report PROFILE={profile} STUDIES=train` and then "
+            f"`mnist-lab freeze --profile {profile}`")

@@ -79,8 +79,10 @@ def record_problem(record) -> str | None:
     for field, kind in RECORD_FIELDS.items():
         if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
             return f"its {field!r} is missing or not a {getattr(kind, '__name__', 'number')}"
-    for field in ("sources", "runs", "outputs"):
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in record[field].items()):
+    if not isinstance(record.get("frozen", {}), dict):  # the studies' frozen runs (absent in older records)
+        return "its 'frozen' is not an object"
+    for field in ("sources", "runs", "outputs", "frozen"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get(field, {}).items()):
             return f"its {field!r} holds something other than names and hashes"
     return None
 
@@ -129,6 +131,16 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
 
         found = run_staleness(run_directory, fingerprint, name=relative)
         reasons += [reason for reason in found if reason not in reasons]
+    for relative, key in record.get("frozen", {}).items():  # used as they are; only a refreeze stales
+        from ..runs.directory import read_run_record
+
+        try:
+            frozen = read_run_record(paths.inside(paths.FROZEN, relative, "frozen run"))
+        except LabError as error:
+            reasons.append(str(error))
+            continue
+        if frozen is None or frozen["fingerprint"] != key:
+            reasons.append(f"frozen/{relative} was frozen again or removed")
     for relative, digest in record["outputs"].items():
         try:
             path = paths.inside(profile_dir, relative, "output")

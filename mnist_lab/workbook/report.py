@@ -275,6 +275,14 @@ def info(profile: str) -> dict[str, str]:
     }
 
 
+def notebooks_frozen_line(profile: str) -> str:
+    """The line on the calibration studies' frozen runs in use ("" if none): read from the notebooks'
+    records and the repository's frozen/, checked against the code now."""
+    from . import notebooks
+
+    return notebooks.frozen_line(profile)
+
+
 def stale_notebooks(profile: str) -> dict[str, list[str]]:
     """The notebooks whose artifacts no longer match their inputs, with the reasons."""
     from . import notebooks
@@ -290,6 +298,9 @@ def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
     lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
     values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
                                       for name, why in (stale or {}).items())
+    frozen = notebooks_frozen_line(profile)
+    lines.append(r"\FrozenStudiestrue" if frozen else r"\FrozenStudiesfalse")
+    values["ReportFrozen"] = _latex_escape(frozen)
     lines += [f"\\newcommand{{\\{name}}}{{{text}}}" for name, text in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -377,7 +388,8 @@ ALLOWED_WORDS = frozenset({
     "newcommand",
     "textbackslash", "textasciitilde", "textasciicircum", "space",
     "texttt", "detokenize",
-    "SmokeProfiletrue", "SmokeProfilefalse", "StaleArtifactstrue", "StaleArtifactsfalse",
+    "SmokeProfiletrue", "SmokeProfilefalse", "StaleArtifactstrue", "StaleArtifactsfalse", "FrozenStudiestrue",
+    "FrozenStudiesfalse",
     "times", "pm", "circ",
     "adjustbox", "linewidth",
 })
