@@ -50,7 +50,8 @@ def test_the_cache_hands_out_only_the_run_it_holds_whole(mnist, small_mnist, tmp
 
 
 def test_the_plan_reads_each_spec_once_and_stages_a_screened_study():
-    runs, later = notebooks.plan_runs(notebooks.available(), profile="smoke", shared={"device": "cpu"})
+    plan = notebooks.plan_runs(notebooks.available(), profile="smoke", shared={"device": "cpu"})
+    runs, later = plan.runs, plan.later
     assert later == ["the vit study's confirmation, after its screen"]  # no screen run is cached yet
     keys = {run.spec.key for run in runs}
     assert len(runs) > len(keys)  # names read twice (cnn in Q2 and Q3, basic_cnn as batch 128) ...
@@ -58,7 +59,8 @@ def test_the_plan_reads_each_spec_once_and_stages_a_screened_study():
 
 
 def test_the_full_plan_before_any_run_is_the_report_and_the_screens():
-    runs, later = notebooks.plan_runs(notebooks.available(), profile="full", shared={"device": "cpu"})
+    plan = notebooks.plan_runs(notebooks.available(), profile="full", shared={"device": "cpu"})
+    runs, later = plan.runs, plan.later
     assert later == ["the vit study's confirmation, after its screen"]
     labels = {run.label for run in runs}
     assert {"basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit"} <= labels
