@@ -70,6 +70,49 @@ def test_the_index_and_every_notebook_page_read_offline(smoke_artifacts, browser
     assert all(name in index_text for name in notebooks.available()) and "fresh" in index_text
 
 
+@needs_browser
+def test_the_index_opens_with_the_headline_and_its_captions_land_on_their_figures(smoke_artifacts, browser):
+    from mnist_lab.results.reference import REPORT_TABLES
+
+    from conftest import run_folder
+
+    seen = _open(browser, smoke_artifacts / "index.html")
+    text = seen["text"]
+    assert text.index("The headline") < text.index("Notebooks")  # the point of the workbook, first
+    rows = browser.execute_script(
+        "return [...document.querySelector('table').rows].slice(1).map(r => [...r.cells].map(c => c.textContent))")
+    by_name = {row[0].split()[0]: row for row in rows}
+    assert set(by_name) == TRAINED
+    for name, row in by_name.items():  # one seed under smoke: ours is the run's own number
+        metrics = json.loads((run_folder(smoke_artifacts, name) / "metrics.json").read_text())
+        model = "cnn" if name == "cnn_flip" else name
+        assert (row[1], row[2], row[3]) == (f"{metrics['test_accuracy']:.2f}%", f"{REPORT_TABLES[model][-1][2]:.2f}%", "1")
+    assert "First build: every number and table of the report is new." in text
+    assert re.search(r"\d{1,2} [A-Z][a-z]{2} \d\d:\d\d UTC", text) and "because never run" in text
+    figures = browser.execute_script("return [...document.querySelectorAll('.gallery figure')].map("
+                                     "f => [f.querySelector('a').href, f.querySelector('figcaption').textContent])")
+    assert len(figures) >= 10 and all(caption for _, caption in figures)
+    for href, caption in figures:
+        browser.get(href)
+        landed = browser.execute_script(
+            "const cell = document.getElementById(decodeURIComponent(location.hash.slice(1)));"
+            "return cell ? [cell.querySelectorAll('img').length, cell.textContent] : null")
+        assert landed and landed[0] >= 1 and (f'"{caption}"' in landed[1] or "wb.study(" in landed[1]), (caption, href)
+
+
+@needs_browser
+def test_batch_pages_have_no_stderr_block_and_prompts_in_order(smoke_artifacts, browser):
+    for name in notebooks.available():
+        _open(browser, smoke_artifacts / "html" / f"{name}.html")
+        stderr = browser.execute_script(
+            "return document.querySelectorAll('[data-mime-type=\"application/vnd.jupyter.stderr\"]').length")
+        prompts = browser.execute_script(
+            "return [...document.querySelectorAll('.jp-InputPrompt')].map(p => p.textContent.replace(/\\s+/g, ' ').trim())"
+            ".filter(t => t)")
+        assert stderr == 0, name
+        assert prompts == [f"In [{number}]:" for number in range(1, len(prompts) + 1)], (name, prompts)
+
+
 def test_pages_show_parameters_as_a_header_and_no_training_progress(smoke_artifacts):
     page = (smoke_artifacts / "html" / "q2_cnn.html").read_text()
     assert 'class="mnist-lab-header"' in page and "seeds = [0]" in page

@@ -91,7 +91,9 @@ def commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: f
     (staging / PROGRESS_FILE).unlink(missing_ok=True)
     (staging / PLANNED_FILE).unlink(missing_ok=True)
     staged = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
-    previous = provenance.read_record(profile, name) or {"outputs": {}}
+    previous = provenance.read_record(profile, name)
+    first = previous is None
+    previous = previous or {"outputs": {}}
     record = {
         **inputs,
         "wall_seconds": round(wall_seconds, 1),
@@ -102,6 +104,7 @@ def commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: f
         "frozen": used.get("frozen", {}),
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},
         "changes": _changes(directory, staging, staged),
+        "first_run": first,  # no record before this one: every number and table is new
     }
     record_file = provenance.record_path(profile, name).relative_to(directory)
     _check_destinations(name, directory, [*staged, record_file])  # all of them, before the first move

@@ -78,10 +78,6 @@ def page_record(profile: str, name: str) -> tuple[dict | None, str | None]:
     return (None, f"unreadable record (provenance/{name}.json: {problem})") if problem else (record, None)
 
 
-def _seconds(record: dict) -> str:
-    return f"{record['wall_seconds']:.0f}"
-
-
 def _mathml(match: re.Match) -> str:
     from latex2mathml.converter import convert
 
@@ -94,8 +90,9 @@ def _mathml(match: re.Match) -> str:
 
 
 def _prepare(notebook) -> list[str]:
-    """Widget outputs to their text, the injected parameters out of the cells, and each formula
-    replaced by a placeholder; returns the formulas as MathML, in placeholder order. (The
+    """Widget outputs to their text, the injected parameters out of the cells, the prompts numbered
+    again, and each formula replaced by a placeholder; returns the formulas as MathML, in
+    placeholder order. (The
     Markdown renderer takes MathML apart, so it goes into the page after rendering.)"""
     notebook.metadata.pop("widgets", None)
     formulas: list[str] = []
@@ -114,6 +111,13 @@ def _prepare(notebook) -> list[str]:
             output.get("data", {}).pop(_WIDGET, None)
         kept.append(cell)
     notebook.cells = kept
+    # Prompts numbered as the reader sees the cells: papermill's injected cell took a number.
+    numbered = [cell for cell in kept if cell.cell_type == "code" and cell.get("execution_count") is not None]
+    for number, cell in enumerate(numbered, 1):
+        cell.execution_count = number
+        for output in cell.get("outputs", []):
+            if "execution_count" in output:
+                output["execution_count"] = number
     return formulas
 
 
@@ -153,8 +157,10 @@ def _header(name: str, record: dict | None, why: str | None) -> dict:
     """What the page's header prints, every value a string (the template escapes each one)."""
     if record is None:
         return {"notebook": name, "problem": "no provenance record" if why == "never run" else why}
-    return {"notebook": name, "problem": None, "when": record["started"].replace("T", " "),
-            "seconds": _seconds(record), "device": str(record.get("device") or "?"),
+    from ..runs.executor import human_seconds
+
+    return {"notebook": name, "problem": None, "when": _when(record["started"]),
+            "seconds": human_seconds(record["wall_seconds"]), "device": str(record.get("device") or "?"),
             "parameters": [(str(key), str(value)) for key, value in record["parameters"].items()]}
 
 
@@ -171,7 +177,7 @@ def write_site(profile: str) -> Path:
 
 def index_html(profile: str) -> str:
     directory = paths.profile_dir(profile)
-    rows, galleries, changes = [], [], []
+    rows, galleries, changes, records = [], [], [], []
     for name in notebooks.available():
         record, why = page_record(profile, name)
         page = f"html/{name}.html"
@@ -185,33 +191,40 @@ def index_html(profile: str) -> str:
         if record is None:
             rows.append(f"<tr><td>{link}</td><td colspan=4>{html.escape(why)}</td><td>{html.escape(status)}</td></tr>")
             continue
+        records.append(record)
         rows.append(_row(link, record, status, fresh=not reasons))
-        gallery = _gallery(page, record)
+        gallery = _gallery(page, record, notebooks.executed_path(name, profile))
         if gallery:
             galleries.append(f"<h3>{title}</h3><div class=gallery>{gallery}</div>")
         changed = _changed(record)
         if changed:
             changes.append(f"<h3>{title}</h3><ul>{changed}</ul>")
+    first = bool(records) and all(record.get("first_run") is True for record in records)
+    if first:
+        changes = ["<p>First build: every number and table of the report is new.</p>"]
     frozen = notebooks.frozen_line(profile)
     frozen = (f'<p class="{"stale" if "no longer match" in frozen else "fresh"}">Calibration studies: '
               f'{html.escape(frozen)} (<code>make report STUDIES=train</code> trains them here).</p>' if frozen else "")
+    headline = _headline(profile)
+    pdf = _pdf_line(profile, directory, records)
     profile = html.escape(profile)
-    pdf = ('<p><a href="report.pdf">The report (PDF)</a></p>' if (directory / "report.pdf").is_file()
-           else f"<p>No PDF yet: <code>mnist-lab report --profile {profile}</code> builds it.</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{CONTENT_SECURITY_POLICY}<title>mnist-lab: the {profile} workbook</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #1f2328; }}
 table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #d0d7de; padding: 0.4em; text-align: left; vertical-align: top; }}
-.fresh {{ color: #1a7f37; }} .stale {{ color: #bc4c00; }}
-.gallery img {{ height: 110px; margin: 0.3em; border: 1px solid #d0d7de; }}
+td.number {{ text-align: right; white-space: nowrap; }} .when {{ white-space: nowrap; }}
+.fresh, .within {{ color: #1a7f37; }} .stale, .outside {{ color: #bc4c00; }} .one-seed {{ color: #57606a; }}
+.gallery {{ display: flex; flex-wrap: wrap; }} .gallery figure {{ margin: 0.3em; text-align: center; font-size: 0.8em; }}
+.gallery img {{ height: 110px; border: 1px solid #d0d7de; }}
 </style></head>
 <body>
 <h1>mnist-lab: the {profile} workbook</h1>
+{headline}
 {pdf}
 {frozen}
 <h2>Notebooks</h2>
-<table><tr><th>notebook</th><th>parameters</th><th>ran (UTC)</th><th>time</th><th>device</th><th>status</th></tr>
+<table><tr><th>notebook</th><th>parameters</th><th>ran</th><th>time</th><th>device</th><th>status</th></tr>
 {''.join(rows)}
 </table>
 <h2>What changed in each notebook's last run</h2>
@@ -222,24 +235,123 @@ table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px
 """
 
 
+def _headline(profile: str) -> str:
+    """The point of the workbook, first: each experiment's final test accuracy (mean ± std over the
+    seeds in the run cache) beside the report's, and how far each of its curves is from the
+    report's table (RMS over the epochs). A final accuracy is green within one standard deviation
+    of the report's, orange outside it, grey with one seed (no spread to judge by)."""
+    import numpy as np
+
+    from ..experiments import EXPERIMENTS
+    from ..results.calibration import distances
+    from ..results.reference import REPORT_TABLE_NAMES, REPORT_TABLES
+    from ..runs import for_profile, load_run
+
+    cache = for_profile(profile)
+    names = cache.index()  # written by the runner; another machine's is checked run by run below
+    rows = []
+    for name, experiment in EXPERIMENTS.items():
+        runs = []
+        for seed, key in sorted((names.get(name) or {}).items()):
+            try:
+                runs.append(load_run(paths.inside(cache.folder, str(key)[:16], "run")))
+            except (LabError, OSError, ValueError, KeyError):
+                continue  # missing, damaged or not a run: not quoted
+        if not runs or experiment.model not in REPORT_TABLES:
+            continue
+        finals = np.array([run.history["test_accuracy"].iloc[-1] for run in runs], dtype=float)
+        mean, std = finals.mean(), finals.std(ddof=1) if len(finals) > 1 else None
+        report = REPORT_TABLES[experiment.model][-1][2]
+        spread = "one-seed" if std is None else "within" if abs(mean - report) <= std else "outside"
+        rms = np.array([distances(run, experiment.model) for run in runs]).mean(axis=0)
+        ours = f"{mean:.2f}%" + (f" ± {std:.2f}" if std is not None else "")
+        rows.append(f"<tr><td><code>{html.escape(name)}</code> ({REPORT_TABLE_NAMES[experiment.model]})</td>"
+                    f"<td class=\"number {spread}\">{ours}</td><td class=number>{report:.2f}%</td>"
+                    f"<td class=number>{len(runs)}</td><td class=number>{rms[0]:.3f}</td>"
+                    f"<td class=number>{rms[1]:.2f}</td><td class=number>{rms[2]:.2f}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>The headline: final test accuracy beside the report's</h2>"
+            "<table><tr><th>experiment</th><th>ours (mean ± std)</th><th>the report</th><th>seeds</th>"
+            "<th>RMS loss</th><th>RMS train acc.</th><th>RMS test acc.</th></tr>" + "".join(rows) + "</table>"
+            "<p>RMS: the root mean square over the epochs of ours minus the report's table, per column "
+            "(accuracies in points), mean over the seeds. Ours is green within one standard deviation over "
+            "the seeds of the report's number, orange outside it, grey with a single seed.</p>")
+
+
+def _pdf_line(profile: str, directory: Path, records: list[dict]) -> str:
+    """A link to the PDF, marked when it is older than the newest numbers it should show."""
+    pdf = directory / "report.pdf"
+    if not pdf.is_file():
+        return f"<p>No PDF yet: <code>mnist-lab report --profile {html.escape(profile)}</code> builds it.</p>"
+    newest = max([path.stat().st_mtime for folder in ("macros", "tables", "figures")
+                  for path in (directory / folder).glob("*") if path.is_file()], default=0)
+    if newest > pdf.stat().st_mtime:
+        return (f'<p><a href="report.pdf">The report (PDF)</a> <strong class="stale">is older than the newest '
+                f"numbers: <code>mnist-lab report --profile {html.escape(profile)}</code> rebuilds it.</strong></p>")
+    return '<p><a href="report.pdf">The report (PDF)</a>, built from the numbers below.</p>'
+
+
+def _when(text: str) -> str:
+    """An ISO time as people read it: 3 Dec 17:31 UTC."""
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except ValueError:
+        return text
+    return f"{moment.day} {moment:%b %H:%M} UTC"
+
+
 def _row(link: str, record: dict, status: str, *, fresh: bool) -> str:
+    from ..runs.executor import human_seconds
+
     parameters = ", ".join(f"<code>{html.escape(key)} = {html.escape(repr(value))}</code>"
                            for key, value in record["parameters"].items())
-    return (f"<tr><td>{link}</td><td>{parameters}</td><td>{html.escape(record['started'])}</td>"
-            f"<td>{_seconds(record)} s</td><td>{html.escape(str(record.get('device')))}</td>"
+    why = record.get("why")
+    ran = f"<br>because {html.escape(why)}" if isinstance(why, str) and why else ""
+    return (f"<tr><td>{link}</td><td>{parameters}</td><td class=when>{html.escape(_when(record['started']))}{ran}</td>"
+            f"<td class=when>{html.escape(human_seconds(record['wall_seconds']))}</td>"
+            f"<td>{html.escape(str(record.get('device')))}</td>"
             f"<td class=\"{'fresh' if fresh else 'stale'}\">{html.escape(status)}</td></tr>")
 
 
-def _gallery(page: str, record: dict) -> str:
-    """Thumbnails of the notebook's figures: only names of images in figures/ itself (a record
-    could name any path), quoted as URLs and escaped as attributes."""
+def _gallery(page: str, record: dict, executed: Path) -> str:
+    """The notebook's figures as captioned thumbnails, each linking to the cell that drew it. Only
+    names of images in figures/ itself (a record could name any path), quoted and escaped."""
     figures = sorted(output for output in record["outputs"] if _THUMBNAIL.fullmatch(output))
-    return "".join(f'<a href="{html.escape(quote(page))}"><img src="{html.escape(quote(figure))}" '
-                   f'alt="{html.escape(Path(figure).stem)}" title="{html.escape(Path(figure).stem)}"></a>'
-                   for figure in figures)
+    cells = _figure_cells(executed, [Path(figure).stem for figure in figures])
+    items = []
+    for figure in figures:
+        stem = Path(figure).stem
+        target = page + (f"#cell-id={cells[stem]}" if stem in cells else "")
+        items.append(f'<figure><a href="{html.escape(quote(target, safe="/#=-"))}"><img src="{html.escape(quote(figure))}" '
+                     f'alt="{html.escape(stem)}"></a><figcaption>{html.escape(stem)}</figcaption></figure>')
+    return "".join(items)
+
+
+def _figure_cells(executed: Path, stems: list[str]) -> dict[str, str]:
+    """Which cell of the executed notebook drew each figure: the one whose code names it (or, for a
+    calibration study's figure, calls `wb.study` with its name). Cell ids as the page's anchors."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    found = {}
+    for stem in stems:
+        for cell in cells if isinstance(cells, list) else []:
+            source = "".join(cell.get("source", "")) if isinstance(cell, dict) else ""
+            study = stem.removesuffix("_calibration")
+            if cell.get("cell_type") == "code" and isinstance(cell.get("id"), str) and (
+                    f'"{stem}"' in source or f'wb.study("{study}"' in source):
+                found[stem] = cell["id"]
+                break
+    return found
 
 
 def _changed(record: dict) -> str:
+    if record.get("first_run") is True:
+        return "<li>its first run: every number and table it writes is new</li>"
     changed = record.get("changes") or {}
     items = [f"<li><code>{html.escape(m)}</code> {html.escape(old)} &rarr; {html.escape(new)}</li>"
              for m, old, new in changed.get("macros", [])]

@@ -60,7 +60,7 @@ def stale_as_run(name: str, profile: str) -> list[str]:
 
 
 def execute(name: str, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-            progress: bool = True, studies: str = "frozen") -> Path:
+            progress: bool = True, studies: str = "frozen", why: str = "asked for") -> Path:
     """Run one notebook headlessly; commit its outputs, executed copy and provenance record together."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -69,7 +69,7 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
 
     effective = effective_parameters(name, profile, parameters, shared)
     source = paths.NOTEBOOKS / f"{name}.ipynb"
-    inputs = {"notebook": name, "profile": profile, "parameters": effective,
+    inputs = {"notebook": name, "profile": profile, "parameters": effective, "why": why,
               "notebook_hash": provenance.notebook_code_hash(source), "data": provenance.data_hashes(),
               "git": provenance.git_state(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     staging = staging_dir(name, profile)
@@ -242,7 +242,7 @@ def _execute_in_order(names, reasons, *, profile, parameters, shared, force, pro
         print(f"[{index}/{len(names)}] {name} (profile {profile}): {why}", flush=True)
         start = time.perf_counter()
         output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress,
-                         studies=studies)
+                         studies=studies, why=why)
         print(f"      done in {time.perf_counter() - start:.0f} s: {output}", flush=True)
         ran.append(name)
     return ran
