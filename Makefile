@@ -8,7 +8,7 @@ PROFILE ?= full
 # The calibration studies' runs: read from frozen/ (frozen), or trained here (train).
 STUDIES ?= frozen
 
-.PHONY: setup tex browser report test bench gpu-check clean
+.PHONY: setup tex browser report test bench gpu-check clean lab
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	# notebooks/ stays committed without outputs, whatever JupyterLab saves (.gitattributes names the filter)
+	if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/nbstripout" --keep-id --extra-keys "metadata.language_info"' && \
+	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true; fi
 	touch $@
+
+# JupyterLab on the notebooks, with this project's environment as their kernel. What a notebook
+# explored here writes goes to artifacts/PROFILE/scratch/, never into the report's files.
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 # TeX for the report: checks it is there; installs Debian's packages with apt-get when
 # missing and run as root, otherwise prints what to install and stops.

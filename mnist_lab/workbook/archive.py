@@ -38,8 +38,9 @@ MANIFEST = "MANIFEST.json"
 # Unpack accepts these names and MANIFEST.json at the top, nothing else.
 PACKED = frozenset({"runs", "figures", "tables", "macros", "notebooks", "provenance", "html", "index.html",
                     "report.pdf", "report_info.tex", "recipes_table.tex", "provenance_table.tex"})
-# What stays behind: this machine's working files (and the lock file older versions kept there).
-LEFT_OUT = {".lock", ".staging", "latex", "latex.partial", "latex-failed.log"}
+# What stays behind: this machine's working files (and the lock file older versions kept there),
+# and what notebooks explored by hand wrote (scratch/).
+LEFT_OUT = {".lock", ".staging", "latex", "latex.partial", "latex-failed.log", "scratch"}
 MAX_BYTES = 2 * 1024**3  # what unpack extracts at most, as the headers declare it; a full profile is ~100 MB
 MAX_MEMBERS = 100_000
 MAX_MANIFEST_BYTES = 32 * 1024**2

@@ -47,9 +47,10 @@ class Workbook(Outputs):
         self.seeds = check_seeds(seeds)
         self.directory = paths.profile_dir(self.profile.name)
         # Under the runner, outputs wait in its staging folder until the whole notebook has
-        # succeeded; explored by hand, they are written in place.
+        # succeeded. Explored by hand (JupyterLab), they go apart, to scratch/: what the report
+        # reads is only ever what the runner committed, and a hand-run kernel never makes it stale.
         self.under_runner = hook.staging() is not None
-        self.outputs = hook.staging() or self.directory
+        self.outputs = hook.staging() or self.directory / "scratch"
         self._runs: dict[str, str] = {}  # run folder → key: the runs this session read, for its record
         self._frozen: dict[str, str] = {}  # the same for the studies' runs read from frozen/
         self._marked: dict[str, tuple[str, ...]] = {}  # frozen runs whose key is not the spec's: why

@@ -1,8 +1,8 @@
 """Figures, tables and macros written for LaTeX: what a notebook hands the report.
 
-Outputs go to artifacts/<profile>/ (figures/, tables/, macros/). Under the runner they go to its
-staging folder first (`hook.staging()`), and reach artifacts/ all together only when the whole
-notebook has run.
+Outputs go to artifacts/<profile>/ (figures/, tables/, macros/) through the runner: to its staging
+folder first (`hook.staging()`), reaching artifacts/ all together only when the whole notebook
+has run. A notebook explored by hand writes them to artifacts/<profile>/scratch/ instead.
 """
 
 from __future__ import annotations

@@ -422,6 +422,7 @@ _BOX = "{max width=\\linewidth}"  # \adjustbox's keys could run code: only the o
 PROFILE_ENTRIES = frozenset({
     "figures", "tables", "macros", "runs", "notebooks", "html", "provenance", "latex", "latex.partial",
     "report_info.tex", "recipes_table.tex", "provenance_table.tex", "report.pdf", "index.html", "latex-failed.log",
+    "scratch",  # what a notebook explored by hand writes (workbook/book.py); never read into the PDF
 })
 GENERATED_TEX = ("report_info.tex", "recipes_table.tex", "provenance_table.tex")
 
