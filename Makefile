@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	# notebooks/ stays committed without outputs, whatever JupyterLab saves (.gitattributes names the filter)
 	if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(BIN))/nbstripout" --keep-id --extra-keys "metadata.language_info"' && \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/nbstripout" --keep-id' && \
 	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true; fi
 	touch $@
 
