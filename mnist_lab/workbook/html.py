@@ -331,8 +331,9 @@ def _gallery(page: str, record: dict, executed: Path) -> str:
 
 
 def _figure_cells(executed: Path, stems: list[str]) -> dict[str, str]:
-    """Which cell of the executed notebook drew each figure: the one whose code names it (or, for a
-    calibration study's figure, calls `wb.study` with its name). Cell ids as the page's anchors."""
+    """Which cell of the executed notebook drew each figure: the one whose code saves it by name
+    (`wb.figure(..., "name")`), or, for a calibration study's figure, calls `wb.study` with its
+    name. Cell ids as the page's anchors."""
     try:
         cells = json.loads(executed.read_text())["cells"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -343,7 +344,7 @@ def _figure_cells(executed: Path, stems: list[str]) -> dict[str, str]:
             source = "".join(cell.get("source", "")) if isinstance(cell, dict) else ""
             study = stem.removesuffix("_calibration")
             if cell.get("cell_type") == "code" and isinstance(cell.get("id"), str) and (
-                    f'"{stem}"' in source or f'wb.study("{study}"' in source):
+                    (".figure(" in source and f'"{stem}"' in source) or f'wb.study("{study}"' in source):
                 found[stem] = cell["id"]
                 break
     return found

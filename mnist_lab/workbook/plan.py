@@ -23,8 +23,6 @@ from ..runs import frozen as frozen_runs
 from ..runs.executor import Planned
 from ..spec import RunSpec
 
-STUDIES_MODES = ("frozen", "train")
-
 
 @dataclass(frozen=True)
 class Reads:
