@@ -179,7 +179,7 @@ def test_latex_error_is_a_lab_error_with_the_first_error_line(smoke_report, tmp_
         "\\begin{tabular}{r}\n\\NoSuchCommandAnywhere\n\\end{tabular}\n")
     _use_artifacts(monkeypatch, broken)
     # The scanner would refuse the unknown command before LaTeX (tests/test_report_hostile.py); off here.
-    monkeypatch.setattr(report, "check_latex_inputs", lambda profile: None)
+    monkeypatch.setattr(report.contract, "check_latex_inputs", lambda profile: None)
     # An edited table is stale too; let it through to reach LaTeX.
     with pytest.raises(LabError) as error:
         report.build("smoke", allow_stale=True)

@@ -185,7 +185,7 @@ def test_tex_itself_opens_nothing_outside_its_folders(smoke_artifacts, tmp_path,
     secret.write_text(token + "\n")
     _plant(directory, "macros/q1_convolution.tex",
            payload.replace("SECRET", str(secret)).replace("OWNED", str(owned)) + "\n", rehash=False)
-    monkeypatch.setattr(report, "check_latex_inputs", lambda profile: None)
+    monkeypatch.setattr(report.contract, "check_latex_inputs", lambda profile: None)
     with pytest.raises(LabError) as error:
         report.build("smoke", allow_stale=True)
     assert "LaTeX failed on the smoke report" in str(error.value)

@@ -6,7 +6,7 @@
     plan.py       which runs each notebook reads (one declaration, read by the runner and the Workbook)
     parameters.py, execute.py, commit.py   running notebooks with papermill, committing their outputs
     provenance.py what each artifact was made from, and whether it still matches
-    report.py, html.py, archive.py         the PDF, the offline pages, a profile packed to move
+    report/, html.py, archive.py           the PDF, the offline pages, a profile packed to move
 
 `Workbook` is imported lazily, so the command line reaches the runner without matplotlib.
 """

@@ -37,7 +37,7 @@ _PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
 # inline or not, whatever an executed notebook from another machine carries in its outputs.
 CONTENT_SECURITY_POLICY = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
                            'img-src data: file:; style-src \'unsafe-inline\' data:; font-src data:">')
-# What the pages read from a notebook's record (report.py's checks); `device` is printed as text
+# What the pages read from a notebook's record (report/title.py's checks); `device` is printed as text
 # whatever it is, and `changes` is checked on its own (_changes_problem).
 PAGE_FIELDS = {"parameters": OBJECT, "started": STRING, "wall_seconds": NUMBER, "outputs": OBJECT}
 _THUMBNAIL = re.compile(r"figures/[^/\\.][^/\\]*\.png")  # a figure's image, in figures/ itself

@@ -1,0 +1,297 @@
+"""The title page's provenance and the appendix's tables: where a build's numbers came from.
+
+    artifacts/<profile>/report_info.tex       commits, profile, device, torch and date; stale and frozen marks
+    artifacts/<profile>/recipes_table.tex     the recipes as this profile trains them
+    artifacts/<profile>/provenance_table.tex  each notebook's last run, and each training run
+
+Records and runs are read from artifacts/, which may come from another machine: each is checked
+field by field before it is quoted, and every value is escaped for LaTeX. The files are
+rewritten only when their text changes, so latexmk rebuilds nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ... import paths
+from ...errors import LabError
+from ...files import write_text
+from ...profiles import get_profile
+from ..provenance import git_state
+from .contract import _is_control
+
+# ---- report_info.tex: where this build came from ------------------------------------------
+
+
+def _latex_escape(text: str) -> str:
+    """Text from a record as LaTeX prints it: special characters escaped, control characters
+    (a line break would end \\newcommand's argument) as spaces."""
+    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(replacements.get(char, " " if _is_control(char) else char) for char in str(text))
+
+
+def _typewriter(text: str) -> str:
+    """Names and paths as typed: \\detokenize keeps `_` a real underscore (it reads and searches as written).
+
+    \\detokenize's argument is still read by TeX first, so what could end it early or spell
+    another character is dropped: braces, backslash, `%`, `#` and `^` (`^^7d` is a `}`)."""
+    return "\\texttt{\\detokenize{" + "".join(c for c in str(text) if c not in "{}\\%#^" and not _is_control(c)) + "}}"
+
+
+
+
+def _thousands(number: int) -> str:
+    return f"{number:,}"
+
+
+# ---- reading what the runs recorded (untrusted: it may come from another machine) ----------
+
+# What the report reads from each JSON file, as (what it must be, the check); anything else in
+# a file is never read. A file that does not match is refused with one line naming it.
+STRING = ("a string", lambda value: isinstance(value, str))
+NUMBER = ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
+INTEGER = ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool))
+OBJECT = ("an object", lambda value: isinstance(value, dict))
+OPTIONAL_STRING = ("a string or null", lambda value: value is None or isinstance(value, str))
+OPTIONAL_FLAG = ("true, false or null", lambda value: value is None or isinstance(value, bool))
+RECORD_FIELDS = {"notebook": STRING, "started": STRING, "wall_seconds": NUMBER, "git": OBJECT}
+GIT_FIELDS = {"commit": OPTIONAL_STRING, "dirty": OPTIONAL_FLAG}
+CONFIG_FIELDS = {"experiment": OBJECT, "seed": INTEGER}
+METRICS_FIELDS = {"epochs": INTEGER, "test_accuracy": NUMBER, "train_seconds": NUMBER}
+
+
+def _json_kind(value) -> str:
+    """A value's JSON type, for the error message."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(type(value), "a value")
+
+
+def shape_problem(data, fields: dict) -> str | None:
+    """What is wrong with `data` as an object holding `fields` (see RECORD_FIELDS), or None."""
+    if not isinstance(data, dict):
+        return f"it is {_json_kind(data)}, not an object"
+    for key, (wanted, check) in fields.items():
+        if key not in data:
+            return f"it has no {key!r}"
+        if not check(data[key]):
+            return f"its {key!r} is {_json_kind(data[key])}, not {wanted}"
+    return None
+
+
+def _read_json(path: Path, what: str, fields: dict | None = None, *, fix: str):
+    """A JSON file the report quotes, refused with one line when unreadable or not of `fields`' shape."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise LabError(f"{path} is not {what} mnist-lab can read ({error}); {fix}") from None
+    problem = shape_problem(data, fields or {})
+    if problem:
+        raise LabError(f"{path} is not {what} mnist-lab can read ({problem}); {fix}")
+    return data
+
+
+def _environments(directory: Path) -> list[dict]:
+    return [_read_json(path, "a training run's environment", fix=f"remove {path.parent} or train it again")
+            for path in sorted(directory.glob("runs/*/environment.json"))]
+
+
+def _records(directory: Path) -> list[dict]:
+    """The notebooks' provenance records (written by the runner after each successful execution)."""
+    records = []
+    for path in sorted(directory.glob("provenance/*.json")):
+        fix = f"run the notebook again: `mnist-lab run --profile {directory.name} {path.stem}`"
+        record = _read_json(path, "a notebook's provenance record", RECORD_FIELDS, fix=fix)
+        problem = shape_problem(record["git"], GIT_FIELDS)
+        if problem:
+            raise LabError(f"{path} is not a notebook's provenance record mnist-lab can read (its 'git': "
+                           f"{problem.removeprefix('it ')}); {fix}")
+        records.append(record)
+    return records
+
+
+def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
+    """Each training run's names (from the run cache's index), config and metrics, by name."""
+    from ...runs import RunCache
+
+    names = RunCache(directory / "runs").names()  # an index of another shape names nothing
+    runs = []
+    for config_path in sorted(directory.glob("runs/*/config.json")):
+        fix = f"remove {config_path.parent} or train it again"
+        config = _read_json(config_path, "a training run's config", CONFIG_FIELDS, fix=fix)
+        if not isinstance(config["experiment"].get("model"), str) or not OPTIONAL_STRING[1](config.get("fingerprint")):
+            raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its model "
+                           f"or its fingerprint is not a string); {fix}")
+        metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
+        # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
+        # and how many more; a run no index names, by its model.
+        called = sorted({label.rpartition(" seed ")[0] for label in names.get(config.get("fingerprint") or "", [])},
+                        key=lambda label: (len(label), label))
+        name = (called[0] + (f" (+{len(called) - 1})" if len(called) > 1 else "")) if called else \
+            config["experiment"]["model"]
+        runs.append((name, config, metrics))
+    return sorted(runs, key=lambda run: (run[0], run[1]["seed"]))
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _run_date(directory: Path) -> datetime | None:
+    """When the notebooks last ran: their provenance records, else papermill's metadata, else the runs."""
+    times = [_parse_time(record.get("started", "")) for record in _records(directory)]
+    if not any(times):
+        for path in directory.glob("notebooks/*.ipynb"):
+            try:
+                times.append(_parse_time(json.loads(path.read_bytes())["metadata"]["papermill"]["end_time"]))
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+    if not any(times):
+        times = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in directory.glob("runs/*/metrics.json")]
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _commit_text(commit: str | None, dirty: bool | None) -> str:
+    if not commit:
+        return "unknown (not a git checkout)"
+    state = "with uncommitted changes" if dirty else "clean"
+    return f"\\texttt{{{_latex_escape(commit[:7])}}} ({state})"
+
+
+def info(profile: str) -> dict[str, str]:
+    """The title page's provenance, as LaTeX-ready text."""
+    settings = get_profile(profile)
+    directory = paths.profile_dir(profile)
+    state = git_state()
+    built = _commit_text(state["commit"], state["dirty"])
+    states = {(r["git"].get("commit"), r["git"].get("dirty")) for r in _records(directory) if r.get("git")}
+    ran = "; ".join(_commit_text(commit, dirty) for commit, dirty in sorted(states, key=str)) or "unknown"
+    environments = _environments(directory)
+    devices = sorted({f"{env.get('device_name') or '?'} ({env.get('device', '?')})" for env in environments})
+    torch_versions = sorted({str(env.get("torch", "?")) for env in environments})
+    date = _run_date(directory)
+    if settings.limit_train is None and settings.max_epochs is None:
+        profile_text = "the report's schedule on all of MNIST"
+    else:
+        profile_text = (f"the first {_thousands(settings.limit_train)} training and {_thousands(settings.limit_test)} "
+                        f"test images, at most {settings.max_epochs} epochs")
+    return {
+        "ReportRunCommit": ran,  # the commit(s) the notebooks ran at
+        "ReportBuildCommit": built,  # the commit this PDF was built at
+        "ReportProfile": _latex_escape(settings.name),
+        "ReportProfileText": profile_text,
+        "ReportTrainImages": _thousands(settings.limit_train or 60000),
+        "ReportTestImages": _thousands(settings.limit_test or 10000),
+        "ReportEpochCap": str(settings.max_epochs or "the report's"),
+        "ReportDevice": _latex_escape("; ".join(devices)) if devices else "no training runs found",
+        "ReportTorch": _latex_escape(", ".join(torch_versions)) if torch_versions else "unknown",
+        "ReportDate": date.strftime("%Y-%m-%d") if date else "unknown",
+    }
+
+
+def notebooks_frozen_line(profile: str) -> str:
+    """The line on the calibration studies' frozen runs in use ("" if none): read from the notebooks'
+    records and the repository's frozen/, checked against the code now."""
+    from .. import notebooks
+
+    return notebooks.frozen_line(profile)
+
+
+def stale_notebooks(profile: str) -> dict[str, list[str]]:
+    """The notebooks whose artifacts no longer match their inputs, with the reasons."""
+    from .. import notebooks
+
+    reasons = {name: notebooks.stale_as_run(name, profile) for name in notebooks.available()}
+    return {name: why for name, why in reasons.items() if why}
+
+
+def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
+    values = info(profile)
+    lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/workbook/report/title.py); do not edit."]
+    lines.append(r"\SmokeProfiletrue" if profile == "smoke" else r"\SmokeProfilefalse")
+    lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
+    values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
+                                      for name, why in (stale or {}).items())
+    frozen = notebooks_frozen_line(profile)
+    lines.append(r"\FrozenStudiestrue" if frozen else r"\FrozenStudiesfalse")
+    values["ReportFrozen"] = _latex_escape(frozen)
+    lines += [f"\\newcommand{{\\{name}}}{{{text}}}" for name, text in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_info(profile: str, stale: dict[str, list[str]] | None = None) -> bool:
+    """Write report_info.tex, recipes_table.tex and provenance_table.tex where their text changed;
+    say whether any did."""
+    directory = paths.profile_dir(profile)
+    changed = False
+    for name, text in (("report_info.tex", info_tex(profile, stale)), ("recipes_table.tex", recipes_tex(profile)),
+                       ("provenance_table.tex", provenance_tex(profile))):
+        target = directory / name
+        if not (target.is_file() and target.read_text() == text):
+            write_text(target, text)
+            changed = True
+    return changed
+
+
+def recipes_tex(profile: str) -> str:
+    """The appendix's table of recipes, one row per experiment of `EXPERIMENTS` as this profile trains it."""
+    from ...experiments import EXPERIMENTS
+
+    settings = get_profile(profile)
+    lines = [f"% Written by `mnist-lab report --profile {profile}` from mnist_lab/experiments.py; do not edit.",
+             r"\begin{tabular}{@{}llllrrll@{}}", r"\toprule",
+             r"Experiment & Model & Optimizer & Learning rate & Epochs & Batch & Schedule & Augmentation \\",
+             r"\midrule"]
+    for experiment in EXPERIMENTS.values():
+        experiment = settings.apply(experiment)
+        optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[experiment.optimizer]
+        if experiment.weight_decay:
+            optimizer += f", weight decay {experiment.weight_decay:g}"
+        schedule = (f"$\\times{experiment.lr_gamma:g}$ every {experiment.lr_step} epochs" if experiment.lr_step
+                    else "constant")
+        augmentation = experiment.augmentation
+        parts = (["flip"] if augmentation.hflip else []) + (
+            [f"rotation $\\pm{augmentation.max_rotation:g}^\\circ$"] if augmentation.max_rotation else [])
+        lines.append(f"{_typewriter(experiment.name)} & {_typewriter(experiment.model)} & {optimizer} & "
+                     f"{experiment.lr:g} & {experiment.epochs} & {experiment.batch_size} & {schedule} & "
+                     f"{' + '.join(parts) or 'none'} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def provenance_tex(profile: str) -> str:
+    """The appendix's table of what made the artifacts: one row per notebook run and per training run."""
+    directory = paths.profile_dir(profile)
+    # Two tables, one above the other, each scaled to the text width on its own.
+    lines = [f"% Written by `mnist-lab report --profile {profile}` from artifacts/{profile}/provenance/; do not edit.",
+             r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}lllrl@{}}", r"\toprule",
+             r"Notebook & Ran (UTC) & Commit & Wall time & Device \\", r"\midrule"]
+    for record in _records(directory):  # each field checked by _records; every one escaped here
+        lines.append(
+            f"{_typewriter(record['notebook'])} & {_latex_escape(record['started'].replace('T', ' ')[:16])} & "
+            f"{_commit_text(record['git'].get('commit'), record['git'].get('dirty'))} & "
+            f"{record['wall_seconds']:.0f} s & {_latex_escape(str(record.get('device')))} \\\\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}}\end{center}", "",
+              r"\begin{center}\adjustbox{max width=\linewidth}{%", r"\begin{tabular}{@{}llrrrl@{}}", r"\toprule",
+              r"Experiment & Seed & Epochs & Test accuracy & Training time & Fingerprint \\", r"\midrule"]
+    for name, config, metrics in _training_runs(directory):  # numbers checked to be numbers, text escaped
+        lines.append(
+            f"{_typewriter(name)} & {config['seed']:d} & {metrics['epochs']:d} & "
+            f"{metrics['test_accuracy']:.2f}\\,\\% & {metrics['train_seconds']:.0f} s & "
+            f"{_typewriter((config.get('fingerprint') or 'none')[:12])} \\\\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}}\end{center}"]
+    return "\n".join(lines) + "\n"
+
+
