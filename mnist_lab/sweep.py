@@ -22,7 +22,6 @@ import socket
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths

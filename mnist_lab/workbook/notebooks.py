@@ -21,10 +21,10 @@ from .. import paths
 from ..errors import LabError
 from ..files import write_json
 from . import provenance
-from .commit import commit, executed_path, failed_path, keep_failed, staging_dir
+from .commit import commit, executed_path, keep_failed, staging_dir
 from .hook import PLANNED_FILE, PROGRESS_FILE, STAGING_VARIABLE
 from .lock import profile_lock
-from .parameters import available, check_name, check_parameters, declared_parameters, effective_parameters
+from .parameters import available, check_parameters, declared_parameters, effective_parameters
 
 __all__ = ["available", "check_parameters", "declared_parameters", "effective_parameters", "execute",
            "execute_all", "executed_path", "plan_runs", "stale_as_run", "status"]
@@ -283,8 +283,6 @@ def _reads_studies(name: str) -> bool:
 def frozen_in_use(profile: str) -> list:
     """The frozen runs the notebooks read when they last ran (from their records), each checked
     against the spec it stands in for now: [(the names it stands in for, Frozen)]."""
-    from ..runs import frozen as frozen_runs
-
     used = []
     for name in available():
         record = provenance.read_record(profile, name)

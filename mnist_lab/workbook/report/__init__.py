@@ -14,8 +14,8 @@ from . import contract, latex, title
 from .contract import (PROFILE_ENTRIES, check_artifacts, check_latex_inputs, forbidden_tex, required_artifacts,
                        required_values, sources)
 from .latex import build, build_dir, first_error, pdf_path
-from .title import (NUMBER, OBJECT, STRING, _latex_escape, _run_date, _typewriter, info, info_tex, provenance_tex,
-                    recipes_tex, shape_problem, stale_notebooks, write_info)
+from .title import (NUMBER, OBJECT, STRING, info, info_tex, provenance_tex, recipes_tex, shape_problem,
+                    stale_notebooks, write_info)
 
 __all__ = ["NUMBER", "OBJECT", "PROFILE_ENTRIES", "STRING", "build", "build_dir", "check_artifacts",
            "check_latex_inputs", "contract", "first_error", "forbidden_tex", "info", "info_tex", "latex", "pdf_path",
