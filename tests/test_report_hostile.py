@@ -147,7 +147,7 @@ def test_a_link_or_a_file_that_would_shadow_the_report_is_refused(smoke_artifact
 def test_an_artifacts_path_with_a_colon_is_one_clear_line(smoke_artifacts, tmp_path, monkeypatch):
     directory = _copy(smoke_artifacts, tmp_path, monkeypatch, under="a:b/artifacts")
     with pytest.raises(LabError) as error:
-        report.latex_environment(directory)
+        report.latex.latex_environment(directory)
     assert "':'" in str(error.value) and "TEXINPUTS" in str(error.value) and "\n" not in str(error.value)
 
 
