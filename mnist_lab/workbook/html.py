@@ -264,19 +264,41 @@ def _headline(profile: str) -> str:
         report = REPORT_TABLES[experiment.model][-1][2]
         spread = "one-seed" if std is None else "within" if abs(mean - report) <= std else "outside"
         rms = np.array([distances(run, experiment.model) for run in runs]).mean(axis=0)
+        noise = _seed_spread(runs)  # per column: how far the seeds' own curves sit apart
         ours = f"{mean:.2f}%" + (f" ± {std:.2f}" if std is not None else "")
+        cells = "".join(f"<td class=\"number {_spread_class(distance, spread_of)}\">{distance:.{digits}f}</td>"
+                        for distance, spread_of, digits in zip(rms, noise, (3, 2, 2)))
         rows.append(f"<tr><td><code>{html.escape(name)}</code> ({REPORT_TABLE_NAMES[experiment.model]})</td>"
                     f"<td class=\"number {spread}\">{ours}</td><td class=number>{report:.2f}%</td>"
-                    f"<td class=number>{len(runs)}</td><td class=number>{rms[0]:.3f}</td>"
-                    f"<td class=number>{rms[1]:.2f}</td><td class=number>{rms[2]:.2f}</td></tr>")
+                    f"<td class=number>{len(runs)}</td>{cells}</tr>")
     if not rows:
         return ""
     return ("<h2>The headline: final test accuracy beside the report's</h2>"
             "<table><tr><th>experiment</th><th>ours (mean ± std)</th><th>the report</th><th>seeds</th>"
             "<th>RMS loss</th><th>RMS train acc.</th><th>RMS test acc.</th></tr>" + "".join(rows) + "</table>"
             "<p>RMS: the root mean square over the epochs of ours minus the report's table, per column "
-            "(accuracies in points), mean over the seeds. Ours is green within one standard deviation over "
-            "the seeds of the report's number, orange outside it, grey with a single seed.</p>")
+            "(accuracies in points), mean over the seeds. Green: within the seeds' own spread (a final "
+            "accuracy within one standard deviation over the seeds of the report's; a curve's RMS distance "
+            "no larger than the RMS over the epochs of its standard deviation over the seeds); orange: "
+            "outside it; grey: a single seed, no spread to judge by.</p>")
+
+
+def _seed_spread(runs) -> list[float | None]:
+    """Per column (loss, train accuracy, test accuracy): the RMS over the epochs of the standard
+    deviation over the seeds; None with one seed."""
+    import numpy as np
+
+    from ..results.calibration import COLUMNS
+
+    if len(runs) < 2:
+        return [None, None, None]
+    epochs = min(len(run.history) for run in runs)
+    stack = np.array([run.history[list(COLUMNS)].to_numpy()[:epochs] for run in runs])  # seeds × epochs × columns
+    return list(np.sqrt((stack.std(axis=0, ddof=1) ** 2).mean(axis=0)))
+
+
+def _spread_class(distance: float, spread: float | None) -> str:
+    return "one-seed" if spread is None else "within" if distance <= spread else "outside"
 
 
 def _pdf_line(profile: str, directory: Path, records: list[dict]) -> str:

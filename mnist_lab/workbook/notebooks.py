@@ -114,7 +114,10 @@ def execute(name: str, *, profile: str, parameters: dict | None = None, shared: 
 
 @contextmanager
 def _printing(path: Path):
-    """Print the lines the kernel appends to `path` while the notebook runs (training progress)."""
+    """Print the lines the kernel appends to `path` while the notebook runs (a wait for the CPU,
+    say), above papermill's bar of cells where one is drawn (tqdm.write), never on its line."""
+    from tqdm import tqdm
+
     stop = threading.Event()
 
     def follow() -> None:
@@ -126,7 +129,7 @@ def _printing(path: Path):
                     handle.seek(offset)
                     for line in handle:
                         if line.endswith("\n"):
-                            print(f"      {line.rstrip()}", flush=True)
+                            tqdm.write(f"      {line.rstrip()}")
                             offset += len(line.encode())
             if finished:
                 return
