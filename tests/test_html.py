@@ -113,6 +113,23 @@ def test_batch_pages_have_no_stderr_block_and_prompts_in_order(smoke_artifacts, 
         assert prompts == [f"In [{number}]:" for number in range(1, len(prompts) + 1)], (name, prompts)
 
 
+def test_the_index_marks_a_pdf_older_than_the_numbers(smoke_artifacts, tmp_path, monkeypatch):
+    import os
+
+    from mnist_lab import paths
+    from mnist_lab.workbook import html
+
+    shutil.copytree(smoke_artifacts, tmp_path / "smoke")
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
+    pdf = tmp_path / "smoke" / "report.pdf"
+    pdf.write_bytes(b"%PDF-1.5 a stand-in")
+    os.utime(pdf, (1, 1))  # built before the notebooks last wrote their numbers
+    assert "is older than the newest numbers" in html.index_html("smoke")
+    os.utime(pdf)  # now newer than every macro, table and figure
+    index = html.index_html("smoke")
+    assert "is older than" not in index and "built from the numbers below" in index
+
+
 def test_pages_show_parameters_as_a_header_and_no_training_progress(smoke_artifacts):
     page = (smoke_artifacts / "html" / "q2_cnn.html").read_text()
     assert 'class="mnist-lab-header"' in page and "seeds = [0]" in page
