@@ -101,9 +101,12 @@ def test_the_index_opens_with_the_headline_and_its_captions_land_on_their_figure
 
 
 @needs_browser
-def test_batch_pages_have_no_stderr_block_and_prompts_in_order(smoke_artifacts, browser):
+def test_batch_pages_are_titled_and_have_no_stderr_block_and_prompts_in_order(smoke_artifacts, browser):
+    titles = {"q1_convolution": "Q1 (a)", "q1_losses": "Q1 (b)", "q2_cnn": "Q2: a basic CNN and an optimized CNN",
+              "q3_comparison": "Q3: MobileNet and a Vision Transformer, compared"}
     for name in notebooks.available():
         _open(browser, smoke_artifacts / "html" / f"{name}.html")
+        assert browser.title.startswith(titles[name]), (name, browser.title)  # its heading, not "Notebook"
         stderr = browser.execute_script(
             "return document.querySelectorAll('[data-mime-type=\"application/vnd.jupyter.stderr\"]').length")
         prompts = browser.execute_script(
