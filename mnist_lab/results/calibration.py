@@ -69,7 +69,7 @@ class Decision:
         return self.winner is not None and self.winner == self.in_use
 
     def sentence(self, study: Study) -> str:
-        verdict = (f"closest to {REPORT_TABLE_NAMES[study.model]}: {self.closest}, "
+        verdict = (f"Closest to {REPORT_TABLE_NAMES[study.model]}: {self.closest}, "
                    f"{'clearly' if self.clearly else 'not clearly'} closer than {self.other}")
         if self.settled:
             return f"{verdict}. The {study.experiment} experiment trains it."
