@@ -98,55 +98,46 @@ def read_record(profile: str, notebook: str) -> dict | None:
     return record if record is not None and record_problem(record) is None else None
 
 
+def _recorded_paths(root: Path, entries: dict, what: str, reasons: list[str]):
+    """Each recorded (relative, value) with its path under `root`; a path that escapes is a reason, not a read."""
+    for relative, value in entries.items():
+        try:
+            yield relative, value, paths.inside(root, relative, what)
+        except LabError as error:
+            reasons.append(str(error))
+
+
 def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, profile_dir: Path) -> list[str]:
     """Why a notebook's artifacts no longer match their inputs; an empty list means fresh."""
+    from ..runs.cache import staleness as run_staleness
+    from ..runs.directory import read_run_record
+
     if record is None:
         return ["never run (no provenance record)"]
     reasons = []
     if notebook_code_hash(notebook_file) != record["notebook_hash"]:
         reasons.append(f"{notebook_file.name}'s code changed")
-    for relative, digest in record["sources"].items():
-        try:
-            path = paths.inside(paths.ROOT, relative, "source")
-        except LabError as error:
-            reasons.append(str(error))
-            continue
+    for relative, digest, path in _recorded_paths(paths.ROOT, record["sources"], "source", reasons):
         if not path.exists():
             reasons.append(f"{relative} was removed")
         elif code_hash(path) != digest:
             reasons.append(f"{relative} changed")
-    if data_hashes() != record["data"]:
-        changed = [name for name, digest in data_hashes().items() if record["data"].get(name) != digest]
+    data_now = data_hashes()
+    if data_now != record["data"]:
+        changed = [name for name, digest in data_now.items() if record["data"].get(name) != digest]
         reasons.append(f"MNIST data changed ({', '.join(changed)})")
     for key, value in parameters.items():
         if record["parameters"].get(key) != value:
             reasons.append(f"parameter {key} changed ({record['parameters'].get(key)!r} → {value!r})")
-    for relative, fingerprint in record["runs"].items():
-        try:
-            run_directory = paths.inside(profile_dir, relative, "run")
-        except LabError as error:
-            reasons.append(str(error))
-            continue
-        from ..runs.cache import staleness as run_staleness
-
+    for relative, fingerprint, run_directory in _recorded_paths(profile_dir, record["runs"], "run", reasons):
         found = run_staleness(run_directory, fingerprint, name=relative)
         reasons += [reason for reason in found if reason not in reasons]
-    for relative, key in record.get("frozen", {}).items():  # used as they are; only a refreeze stales
-        from ..runs.directory import read_run_record
-
-        try:
-            frozen = read_run_record(paths.inside(paths.FROZEN, relative, "frozen run"))
-        except LabError as error:
-            reasons.append(str(error))
-            continue
+    # Frozen runs are used as they are; only a refreeze (or removal) makes the notebook stale.
+    for relative, key, frozen_path in _recorded_paths(paths.FROZEN, record.get("frozen", {}), "frozen run", reasons):
+        frozen = read_run_record(frozen_path)
         if frozen is None or frozen["fingerprint"] != key:
             reasons.append(f"frozen/{relative} was frozen again or removed")
-    for relative, digest in record["outputs"].items():
-        try:
-            path = paths.inside(profile_dir, relative, "output")
-        except LabError as error:
-            reasons.append(str(error))
-            continue
+    for relative, digest, path in _recorded_paths(profile_dir, record["outputs"], "output", reasons):
         if not path.is_file():
             reasons.append(f"{relative} is missing")
         elif file_hash(path) != digest:
