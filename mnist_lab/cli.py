@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--studies", choices=("frozen", "train"), default="frozen",
                      help="the calibration studies' runs: read from frozen/ where the cache lacks them (default), "
                           "or trained here")
+    run.add_argument("--runs-per-gpu", type=_positive_int, metavar="N",
+                     help="on a GPU, train N runs at once, each in a process of its own (default: as many as the "
+                          "GPU's memory and this machine's cores hold)")
     run.add_argument("--no-progress", action="store_true",
                      help="no bar of each notebook's cells (drawn only on a terminal; a log gets the epoch lines alone)")
 
@@ -182,7 +185,7 @@ def _run(args) -> None:
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
                           force=args.force, progress=not args.no_progress and sys.stderr.isatty(),
-                          address=args.address, studies=args.studies)
+                          address=args.address, studies=args.studies, runs_per_gpu=args.runs_per_gpu)
 
 
 def _status(args) -> None:

@@ -1,18 +1,20 @@
 """Training what a build is missing: each distinct spec once, through one executor.
 
-    report = train_missing(cache, planned)                   # here, one run at a time
+    report = train_missing(cache, planned)                   # here: one at a time, or several on a GPU
     report = train_missing(cache, planned, address="...")    # as Ray tasks on a cluster (`sweep`)
 
-Here, runs train one after another in this process, each with every core (on a CPU the
-fastest there is: two at once on 2 cores run many times slower, docs/performance.md); on a
-GPU, one after another as well (several at once on one GPU is not built yet). With an
-address, the runs go to Ray through the sweep's submission, and come back verified.
+On a CPU, runs train one after another in this process, each with every core (the fastest
+there is: two at once on 2 cores run many times slower, docs/performance.md). On a GPU, several
+train at once, each in a process of its own (`side_by_side`: as many as the GPU holds, or
+`runs_per_gpu`). With an address, the runs go to Ray through the sweep's submission, and come
+back verified.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass
 
 from ..spec import RunSpec
@@ -39,16 +41,23 @@ def distinct(planned: list[Planned]) -> dict[str, list[Planned]]:
 
 
 def train_missing(cache, planned: list[Planned], *, address: str | None = None, connect_timeout: float = 60,
-                  printer=print, frozen: int = 0, read: int | None = None) -> dict:
+                  printer=print, frozen: int = 0, read: int | None = None, runs_per_gpu: int | None = None) -> dict:
     """Train every distinct spec of `planned` the cache lacks, name every planned run in the
-    cache's index, and return what happened: {"planned", "distinct", "cached", "trained"}.
-    `frozen`: how many more distinct runs the notebooks read from frozen/, and `read` how many they
-    read in all (the plan's line says both)."""
+    cache's index, and return what happened: {"planned", "distinct", "cached", "trained", "at_once",
+    "train_seconds"}. `frozen`: how many more distinct runs the notebooks read from frozen/, and
+    `read` how many they read in all (the plan's line says both). `runs_per_gpu`: how many CUDA
+    runs train at once (default: as many as the GPU holds, `side_by_side.runs_per_gpu`)."""
+    from .side_by_side import runs_per_gpu as choose, train_side_by_side
+
     by_key = distinct(planned)
     missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec)]
+    at_once = 1 if address else choose(cache, [run.spec for run in missing], runs_per_gpu)
     from_frozen = f"{frozen} frozen, " if frozen else ""
+    side_by_side = f", {at_once} at a time on the GPU" if at_once > 1 else ""
     printer(f"runs: {len(planned) if read is None else read} read by the notebooks, {len(by_key) + frozen} distinct, "
-            f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{_estimate(cache, missing)}")
+            f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{side_by_side}"
+            f"{_estimate(cache, missing, at_once)}")
+    start = time.perf_counter()
     if missing and address:
         from .. import sweep
 
@@ -59,6 +68,13 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
 
             raise LabError(f"{len(failed)} run(s) failed on the cluster: {', '.join(failed)}; the others are "
                            "in the run cache, and the same command retries the failed ones")
+    elif at_once > 1:
+        failed = train_side_by_side(cache, missing, at_once, printer)
+        if failed:
+            from ..errors import LabError
+
+            raise LabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are in the run cache, "
+                           "and the same command retries the failed ones")
     elif missing:
         from ..data import load_mnist
 
@@ -67,7 +83,7 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
             train_here(cache, run, data, printer, f"[{number}/{len(missing)}] ")
     cache.label_all([(run.label, run.spec) for run in planned])
     return {"planned": len(planned), "distinct": len(by_key), "cached": len(by_key) - len(missing),
-            "trained": len(missing)}
+            "trained": len(missing), "at_once": at_once, "train_seconds": round(time.perf_counter() - start, 2)}
 
 
 def train_here(cache, run: Planned, data, printer, prefix: str = "", progress: bool = False, bar=None,
@@ -106,9 +122,11 @@ def human_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _estimate(cache, missing: list[Planned]) -> str:
+def _estimate(cache, missing: list[Planned], at_once: int = 1) -> str:
     """About how long the missing runs take, from the speed of the runs already cached (per model
-    and device: seconds per training image per epoch); nothing when no run tells."""
+    and device: seconds per training image per epoch); nothing when no run tells. Runs side by side
+    are counted one after another, and said so: what sharing the GPU saves is measured by
+    `make gpu-check`, not assumed here."""
     if not missing:
         return ""
     rates: dict[tuple, list[float]] = {}
@@ -126,4 +144,6 @@ def _estimate(cache, missing: list[Planned]) -> str:
     total = sum(statistics.median(rates[(run.spec.recipe.model, run.spec.device)])
                 * (run.spec.limit_train or 60000) * run.spec.recipe.epochs for run in known)
     unknown = len(missing) - len(known)
-    return f", about {human_seconds(total)}" + (f" (+ {unknown} of models not yet timed here)" if unknown else "")
+    serial = " one after another" if at_once > 1 else ""
+    untimed = f" (+ {unknown} of models not yet timed here)" if unknown else ""
+    return f", about {human_seconds(total)}{serial}{untimed}"

@@ -159,7 +159,7 @@ def _environment(name: str, value: str):
 
 def execute_all(names: list[str] | None, *, profile: str, parameters: dict | None = None, shared: dict | None = None,
                 force: bool = False, progress: bool = True, address: str | None = None,
-                studies: str = "frozen") -> list[str]:
+                studies: str = "frozen", runs_per_gpu: int | None = None) -> list[str]:
     """Execute the stale notebooks among `names` (all by default), or all of them with `force`,
     after training every run they read that the cache lacks. Returns the names of the notebooks that ran.
     """
@@ -179,7 +179,7 @@ def execute_all(names: list[str] | None, *, profile: str, parameters: dict | Non
     with profile_lock(profile, f"run ({', '.join(to_run) or 'nothing stale'})"):
         if to_run:
             train_planned(to_run, profile=profile, parameters=parameters, shared=shared, address=address,
-                          studies=studies)
+                          studies=studies, runs_per_gpu=runs_per_gpu)
         ran = _execute_in_order(names, reasons, profile=profile, parameters=parameters, shared=shared,
                                 force=force, progress=progress, studies=studies)
         from .html import write_site
@@ -204,7 +204,7 @@ def plan_runs(names: list[str], *, profile: str, parameters: dict | None = None,
 
 
 def train_planned(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None,
-                  address: str | None = None, studies: str = "frozen") -> None:
+                  address: str | None = None, studies: str = "frozen", runs_per_gpu: int | None = None) -> list[dict]:
     """Train what the notebooks `names` will read, stage after stage (a study's confirmation waits
     for its screen), each distinct spec once; a study's runs from frozen/ where it has them."""
     from ..runs import for_profile
@@ -212,18 +212,20 @@ def train_planned(names: list[str], *, profile: str, parameters: dict | None = N
     from ..runs.executor import train_missing
 
     cache = for_profile(profile)
+    stages = []  # what train_missing reports for each stage
     for stage in range(1, 10):  # a study has at most two stages; the bound only guards a loop
         plan = plan_runs(names, profile=profile, parameters=parameters, shared=shared, studies=studies)
         note = f" (stage {stage}" + (f"; later: {', '.join(plan.later)})" if plan.later else ")") \
             if plan.later or stage > 1 else ""
         stand_ins = plan.stand_ins()
-        train_missing(cache, plan.to_train(), address=address, printer=_say(note), frozen=len(stand_ins),
-                      read=len(plan.runs))
+        stages.append(train_missing(cache, plan.to_train(), address=address, printer=_say(note),
+                                    frozen=len(stand_ins), read=len(plan.runs), runs_per_gpu=runs_per_gpu))
         if not plan.later:
             if stand_ins:
                 print(f"frozen: {frozen_runs.summary(list(stand_ins.values()))} "
                       f"(`--studies train` trains them here)", flush=True)
-            return
+            return stages
+    return stages
 
 
 def _say(note: str):

@@ -1,0 +1,125 @@
+"""Several runs at once on one GPU (`runs.side_by_side`): how many, and that each run computes
+what it computes alone. The choice is arithmetic, checked here; the processes are real: on the
+CPU they take turns at the machine's CPU slot (the pool's plumbing is what is checked there),
+on a GPU (`device`) they share it."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mnist_lab.errors import LabError
+from mnist_lab.experiments import get_experiment
+from mnist_lab.runs import RunCache
+from mnist_lab.runs.executor import Planned, train_here, train_missing
+from mnist_lab.runs.side_by_side import (CONTEXT_BYTES, GIB, UNMEASURED_BYTES, choose_runs_per_gpu, footprint_bytes,
+                                         runs_per_gpu, train_side_by_side)
+from mnist_lab.spec import RunSpec
+
+from conftest import train_run
+
+
+def test_memory_bounds_the_runs_at_once():
+    # 80% of 10 GiB free, 1 GiB a run + 1 GiB of context: 4 runs
+    assert choose_runs_per_gpu(free_bytes=10 * GIB, footprint_bytes=GIB, cpu_cores=64, runs=30) == 4
+
+
+def test_cores_bound_the_runs_at_once():
+    # an H200's 139 GiB would hold dozens; 16 cores launch for 8
+    assert choose_runs_per_gpu(free_bytes=139 * GIB, footprint_bytes=GIB // 2, cpu_cores=16, runs=30) == 8
+
+
+def test_never_more_runs_at_once_than_runs_and_never_none():
+    assert choose_runs_per_gpu(free_bytes=139 * GIB, footprint_bytes=GIB, cpu_cores=16, runs=3) == 3
+    assert choose_runs_per_gpu(free_bytes=GIB, footprint_bytes=8 * GIB, cpu_cores=1, runs=5) == 1
+
+
+def _spec(name="basic_cnn", seed=0, device="cpu", **settings) -> RunSpec:
+    experiment = get_experiment(name).with_override("epochs", 1)
+    spec = RunSpec.of(experiment, seed, device="cpu", limit_train=256, limit_test=128, threads=1, **settings)
+    # A CUDA run's spec, without CUDA: what the executor decides from (nothing here trains it).
+    return spec.replace(device="cuda", precision="bf16", threads=None, cuda_graphs=True) if device == "cuda" else spec
+
+
+def test_runs_on_a_cpu_train_one_at_a_time_whatever_is_asked(tmp_path):
+    cache = RunCache(tmp_path)
+    specs = [_spec(seed=seed) for seed in range(3)]
+    assert runs_per_gpu(cache, specs) == 1
+    assert runs_per_gpu(cache, specs, requested=4) == 1
+
+
+def test_a_requested_count_is_used_on_a_gpu_up_to_the_number_of_runs(tmp_path):
+    cache = RunCache(tmp_path)
+    specs = [_spec(seed=seed, device="cuda") for seed in range(3)]
+    assert runs_per_gpu(cache, specs, requested=2) == 2
+    assert runs_per_gpu(cache, specs, requested=8) == 3
+    with pytest.raises(LabError, match="at least 1"):
+        runs_per_gpu(cache, specs, requested=0)
+
+
+@pytest.mark.slow
+def test_the_footprint_is_the_largest_measured_peak_of_the_runs_models(tmp_path, small_mnist):
+    cache = RunCache(tmp_path)
+    spec = _spec()
+    result = train_run(spec.recipe, data=small_mnist, limit_train=256, limit_test=128, threads=1)
+    measured = dataclasses.replace(result, environment={**result.environment, "peak_device_bytes": 3 * GIB})
+    cache.put(measured)
+    assert footprint_bytes(cache, [_spec(seed=1)]) == 3 * GIB  # same model, another seed: its model's peak
+    assert footprint_bytes(cache, [_spec(seed=1), _spec("cnn")]) == max(3 * GIB, UNMEASURED_BYTES)
+    assert footprint_bytes(RunCache(tmp_path / "empty"), [_spec()]) == UNMEASURED_BYTES
+    assert CONTEXT_BYTES > 0
+
+
+def _comparable(run) -> tuple:
+    history = run.history.drop(columns=["train_seconds", "seconds"])
+    return history.to_dict("records"), run.predictions.to_dict("list")
+
+
+def _side_by_side_matches_alone(tmp_path, device: str, settings: dict) -> None:
+    runs = [Planned("cnn", RunSpec.of(get_experiment("cnn").with_override("epochs", 1), seed, device=device,
+                                      limit_train=512, limit_test=256, **settings)) for seed in (0, 1)]
+    alone, together = RunCache(tmp_path / "alone"), RunCache(tmp_path / "together")
+    from mnist_lab.data import load_mnist
+
+    data = load_mnist()
+    for run in runs:
+        train_here(alone, run, data, printer=lambda line: None)
+    lines = []
+    assert train_side_by_side(together, runs, at_once=2, printer=lines.append) == []
+    for run in runs:
+        assert together.problems(run.spec) == []
+        assert _comparable(together.get(run.spec)) == _comparable(alone.get(run.spec))
+    assert _comparable(together.get(runs[0].spec)) != _comparable(together.get(runs[1].spec))
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_compute_what_they_compute_alone_on_the_cpu(tmp_path):
+    _side_by_side_matches_alone(tmp_path, "cpu", {"threads": 1})
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (`make gpu-check`)")
+def test_runs_side_by_side_compute_what_they_compute_alone_on_a_gpu(tmp_path):
+    """With the trainer's CUDA defaults (graphs, bf16) in deterministic mode: run to run
+    identical alone, so side by side it must be identical too."""
+    _side_by_side_matches_alone(tmp_path, "cuda", {"deterministic": True})
+
+
+@pytest.mark.slow
+def test_a_failing_run_side_by_side_is_named_and_the_others_kept(tmp_path):
+    cache = RunCache(tmp_path)
+    good = Planned("basic_cnn", _spec(seed=0))
+    diverging = Planned("basic_cnn[lr=1e30]", RunSpec.of(get_experiment("basic_cnn").with_override("epochs", 1)
+                                                         .with_override("lr", 1e30), 0, device="cpu",
+                                                         limit_train=256, limit_test=128, threads=1))
+    lines = []
+    failed = train_side_by_side(cache, [good, diverging], at_once=2, printer=lines.append)
+    assert failed == [diverging.name]
+    assert cache.problems(good.spec) == [] and cache.problems(diverging.spec) == ["not trained yet"]
+    assert any(line.startswith(f"failed: {diverging.name}: the training loss became nan") for line in lines), lines
+
+
+def test_the_plan_line_says_nothing_of_side_by_side_on_a_cpu(tmp_path):
+    lines = []
+    report = train_missing(RunCache(tmp_path), [], printer=lines.append)
+    assert report["at_once"] == 1 and "at a time" not in lines[0]
