@@ -152,8 +152,6 @@ def _fit(spec: RunSpec, label: str, data: Mnist, progress: bool, bar, checkpoint
     train_set = data.train.head(spec.limit_train).to(target)
     test_set = data.test.head(spec.limit_test).to(target)
 
-    if target.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(target)
     torch.manual_seed(spec.seed)  # model initialisation and dropout
     generator = torch.Generator(target).manual_seed(spec.seed)  # batch order and augmentation
     model = create_model(experiment.model, **experiment.model_args).to(target)
@@ -216,10 +214,8 @@ def _fit(spec: RunSpec, label: str, data: Mnist, progress: bool, bar, checkpoint
             on_epoch_end(rows[-1])
     if predictions is None:  # every epoch was already done by the run that saved the checkpoint
         _, _, predictions = evaluate(trained, test_set, autocast, layout)
-    # The GPU memory the run took at its peak: how many runs side by side a GPU holds (runs.side_by_side).
-    peak = {"peak_device_bytes": torch.cuda.max_memory_reserved(target)} if target.type == "cuda" else {}
     return RunResult(spec, settings, pd.DataFrame(rows), test_set.labels.cpu(), predictions.cpu(), model,
-                     {**environment(target), **peak})
+                     environment(target))
 
 
 def make_optimizer(model: nn.Module, experiment: Experiment, **options) -> torch.optim.Optimizer:

@@ -3,8 +3,6 @@ what it computes alone. The choice is arithmetic, checked here; the processes ar
 CPU they take turns at the machine's CPU slot (the pool's plumbing is what is checked there),
 on a GPU (`device`) they share it."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -12,11 +10,10 @@ from mnist_lab.errors import LabError
 from mnist_lab.experiments import get_experiment
 from mnist_lab.runs import RunCache
 from mnist_lab.runs.executor import Planned, train_here, train_missing
-from mnist_lab.runs.side_by_side import (CONTEXT_BYTES, GIB, UNMEASURED_BYTES, choose_runs_per_gpu, footprint_bytes,
-                                         runs_per_gpu, train_side_by_side)
+from mnist_lab.runs.side_by_side import (GIB, UNMEASURED_BYTES, choose_runs_per_gpu, footprint_bytes,
+                                         read_footprints, record_footprints, runs_per_gpu,
+                                         train_side_by_side)
 from mnist_lab.spec import RunSpec
-
-from conftest import train_run
 
 
 def test_memory_bounds_the_runs_at_once():
@@ -57,17 +54,21 @@ def test_a_requested_count_is_used_on_a_gpu_up_to_the_number_of_runs(tmp_path):
         runs_per_gpu(cache, specs, requested=0)
 
 
-@pytest.mark.slow
-def test_the_footprint_is_the_largest_measured_peak_of_the_runs_models(tmp_path, small_mnist):
+def test_the_footprint_is_the_largest_measured_peak_of_the_runs_models(tmp_path):
     cache = RunCache(tmp_path)
-    spec = _spec()
-    result = train_run(spec.recipe, data=small_mnist, limit_train=256, limit_test=128, threads=1)
-    measured = dataclasses.replace(result, environment={**result.environment, "peak_device_bytes": 3 * GIB})
-    cache.put(measured)
-    assert footprint_bytes(cache, [_spec(seed=1)]) == 3 * GIB  # same model, another seed: its model's peak
-    assert footprint_bytes(cache, [_spec(seed=1), _spec("cnn")]) == max(3 * GIB, UNMEASURED_BYTES)
-    assert footprint_bytes(RunCache(tmp_path / "empty"), [_spec()]) == UNMEASURED_BYTES
-    assert CONTEXT_BYTES > 0
+    assert footprint_bytes(cache, [_spec()]) == UNMEASURED_BYTES  # nothing measured yet
+    record_footprints(cache, {"basic_cnn": 3 * GIB, "cnn": GIB // 2})
+    record_footprints(cache, {"basic_cnn": GIB})  # a smaller peak later keeps the larger
+    assert footprint_bytes(cache, [_spec(seed=1)]) == 3 * GIB
+    assert footprint_bytes(cache, [_spec("cnn")]) == GIB // 2
+    assert footprint_bytes(cache, [_spec("cnn"), _spec("vit")]) == UNMEASURED_BYTES  # the ViT not measured
+
+
+def test_a_footprints_file_of_another_shape_counts_as_nothing_measured(tmp_path):
+    cache = RunCache(tmp_path)
+    for text in ("[1, 2]", "{not json", '{"basic_cnn": "3 GiB"}', '{"basic_cnn": true}', '{"basic_cnn": -5}'):
+        (tmp_path / "footprints.json").write_text(text)
+        assert footprint_bytes(cache, [_spec()]) == UNMEASURED_BYTES, text
 
 
 def _comparable(run) -> tuple:
@@ -90,6 +91,8 @@ def _side_by_side_matches_alone(tmp_path, device: str, settings: dict) -> None:
         assert together.problems(run.spec) == []
         assert _comparable(together.get(run.spec)) == _comparable(alone.get(run.spec))
     assert _comparable(together.get(runs[0].spec)) != _comparable(together.get(runs[1].spec))
+    if device == "cuda":  # each worker measured what it took, for the next plan's count
+        assert read_footprints(together)["cnn"] > 0
 
 
 @pytest.mark.slow

@@ -16,19 +16,21 @@ has a Python thread launching kernels and replaying graphs), and never more than
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-import statistics
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from ..errors import LabError
+from ..files import write_json
 from ..spec import RunSpec
 
 GIB = 1 << 30
 CONTEXT_BYTES = 1 * GIB  # a CUDA context with cuBLAS's and cuDNN's workspaces, per process
 UNMEASURED_BYTES = 2 * GIB  # a run's peak before any run of its model was measured here
 MEMORY_SHARE = 0.8  # of the free memory: room for allocator fragmentation and the parent
+FOOTPRINTS = "footprints.json"  # in the cache's folder, beside index.json
 
 
 def choose_runs_per_gpu(*, free_bytes: int, footprint_bytes: int, cpu_cores: int, runs: int) -> int:
@@ -39,22 +41,31 @@ def choose_runs_per_gpu(*, free_bytes: int, footprint_bytes: int, cpu_cores: int
 
 
 def footprint_bytes(cache, specs: list[RunSpec]) -> int:
-    """The largest measured peak of GPU memory among these runs' models (`peak_device_bytes` in
-    the environment.json of runs of the same model in the cache); UNMEASURED_BYTES for a model
-    no run measured yet."""
-    import json
+    """The largest peak of GPU memory measured for these runs' models (the cache's footprints.json,
+    written by the workers); UNMEASURED_BYTES for a model not measured yet."""
+    measured = read_footprints(cache)
+    return max(measured.get(spec.recipe.model, UNMEASURED_BYTES) for spec in specs)
 
-    peaks: dict[str, list[int]] = {}
-    for directory, record in cache.runs():
-        try:
-            peak = json.loads((directory / "environment.json").read_text()).get("peak_device_bytes")
-            model = record["inputs"]["recipe"]["model"]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if isinstance(peak, int) and peak > 0:
-            peaks.setdefault(model, []).append(peak)
-    return max((int(statistics.median(peaks[spec.recipe.model])) if spec.recipe.model in peaks
-                else UNMEASURED_BYTES) for spec in specs)
+
+def read_footprints(cache) -> dict[str, int]:
+    """model → the largest peak of GPU memory a run of it reserved here. Only scheduling reads it,
+    and a file of another shape counts as empty."""
+    try:
+        footprints = json.loads((cache.folder / FOOTPRINTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(footprints, dict):
+        return {}
+    return {model: peak for model, peak in footprints.items()
+            if isinstance(model, str) and isinstance(peak, int) and not isinstance(peak, bool) and peak > 0}
+
+
+def record_footprints(cache, peaks: dict[str, int]) -> None:
+    """Keep each model's largest measured peak (bytes) for the next plan."""
+    footprints = read_footprints(cache)
+    for model, peak in peaks.items():
+        footprints[model] = max(peak, footprints.get(model, 0))
+    write_json(cache.folder / FOOTPRINTS, footprints)
 
 
 def runs_per_gpu(cache, specs: list[RunSpec], requested: int | None = None) -> int:
@@ -78,7 +89,7 @@ def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_
     printed. The parent checks every run it is handed back against the cache. If no run finishes
     within `stall_seconds`, the workers are stopped (an hour: longer than any run of the report's)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    failed = []
+    failed, peaks = [], {}
     with ProcessPoolExecutor(max_workers=at_once, mp_context=context, initializer=_start_worker,
                              initargs=(str(cache.folder),)) as pool:
         pending = {pool.submit(_train, run.label, run.spec.value(), f"[{number}/{len(runs)}] "): run
@@ -93,6 +104,9 @@ def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_
                     run = pending.pop(future)
                     error = future.exception()
                     problems = [] if error else cache.problems(run.spec)
+                    if not error and future.result():
+                        model = run.spec.recipe.model
+                        peaks[model] = max(future.result(), peaks.get(model, 0))
                     if error or problems:
                         failed.append(run.name)
                         why = str(error or problems[0])
@@ -102,6 +116,9 @@ def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
             raise
+        finally:
+            if peaks:
+                record_footprints(cache, peaks)
     return failed
 
 
@@ -118,10 +135,16 @@ def _start_worker(cache_folder: str) -> None:
     _WORKER["data"] = load_mnist()
 
 
-def _train(label: str, value: dict, prefix: str) -> str:
+def _train(label: str, value: dict, prefix: str) -> int:
+    """Train one run into the cache; returns the GPU memory it reserved at its peak (0 on a CPU)."""
+    import torch
+
     from .executor import Planned, train_here
 
     run = Planned(label, RunSpec.from_value(value))  # its key computed here again, from this code
+    on_gpu = run.spec.device == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     train_here(_WORKER["cache"], run, _WORKER["data"], lambda line: print(line, flush=True), prefix)
     sys.stdout.flush()
-    return run.spec.key
+    return torch.cuda.max_memory_reserved() if on_gpu else 0
