@@ -52,13 +52,15 @@ test: setup
 bench: setup
 	$(BIN)/mnist-lab bench $(BENCH_ARGS)
 
-# On a machine with a CUDA GPU: the tests, the report's schedule (fast, CUDA graphs, faithful
-# fp32, 3 seeds, the deterministic pair), the notebooks under papermill, one table and JSON, and
-# artifacts/full packed for `mnist-lab unpack` + `mnist-lab report` elsewhere. Needs no .venv
-# (GPU machines bring their own torch); without CUDA it says so and exits 2.
+# On a machine with a CUDA GPU, inside 8 minutes: the device tests, every notebook under papermill
+# with the studies trained (several runs at once on the GPU), artifacts/full packed for
+# `mnist-lab unpack` + `mnist-lab report` elsewhere, what side by side buys, the report's schedule;
+# then what time is left allows. One table and JSON. Needs no .venv (GPU machines bring their own
+# torch; extra packages may come on PYTHONPATH); without CUDA it says so and exits 2.
+# GPU_CHECK_ARGS="--profile smoke --budget 200" for a quick look.
 GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
 gpu-check:
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m mnist_lab.bench.gpu_check
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m mnist_lab.bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf artifacts report/build

@@ -174,32 +174,6 @@ def test_a_packed_profile_unpacks_to_the_same_fresh_artifacts(smoke_artifacts, t
     assert main(["unpack", str(tmp_path / "junk.tar.gz")]) == 1
 
 
-def test_gpu_check_reports_a_failed_or_skipped_phase_and_fails_on_it():
-    from mnist_lab.bench import gpu_check
-
-    run = {"test_accuracy": 99.0, "train_seconds": 1.0, "wall_seconds": 1.5}
-    schedule = {"cold_first_run_seconds": 2.0, "runs": {name: run for name in gpu_check.SCHEDULE},
-                "train_seconds": 5.0, "wall_seconds": 7.5}
-    report = {"device": "GPU", "torch": "2.11", "cuda": "13.0",
-              "device-tests": {"exit_code": 0, "summary": "11 passed", "seconds": 20.0,
-                               "left_out": ["tests/test_sweep.py (no ray)"]},
-              "graphs": schedule, "eager": {"skipped": "--skip"},
-              "faithful-fp32": {"skipped": "the --budget of 300 s was spent"},
-              "deterministic": {"identical": True}}
-    assert gpu_check._passed(report)
-    lines = gpu_check.table(report).splitlines()
-    assert "device-tests: 11 passed (20 s); left out: tests/test_sweep.py (no ray)" in lines
-    assert any(line.startswith("eager") and line.endswith("skipped, --skip") for line in lines)
-    assert any(line.startswith("faithful-fp32") and "budget" in line for line in lines)
-    assert "deterministic pair identical: True" in lines
-    report["graphs"] = {"error": "RuntimeError: capture failed"}
-    assert not gpu_check._passed(report)
-    assert any(line.startswith("graphs") and line.endswith("failed, RuntimeError: capture failed")
-               for line in gpu_check.table(report).splitlines())
-    report["graphs"], report["deterministic"] = schedule, {"identical": False}
-    assert not gpu_check._passed(report)
-
-
 @pytest.mark.device
 @needs_cuda
 def test_a_diverging_run_is_refused_on_the_graph_path_too(small_mnist):

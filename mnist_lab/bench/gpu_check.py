@@ -1,58 +1,77 @@
-"""`make gpu-check`: everything the GPU leg promises, checked in one call on a machine with CUDA.
+"""`make gpu-check`: the design card's path on one CUDA GPU, in one call, inside a time budget.
 
-    PYTHONPATH=. python3 -m mnist_lab.bench.gpu_check [--out DIR] [--skip PHASE ...] [--budget SECONDS]
+    PYTHONPATH=. python3 -m mnist_lab.bench.gpu_check [--out DIR] [--profile full|smoke]
+                                                     [--skip PHASE ...] [--budget SECONDS] [--runs-per-gpu N]
 
-Its phases, in order:
+Its phases, in order of value (`phases.run_phases`: one that would overrun the budget is skipped
+and named, never started and cut off):
 - device-tests: the tests marked `device`, each on the CPU and on CUDA (the accelerated models,
-  the captured training step against the eager one);
-- graphs, eager, seeds, deterministic, faithful-fp32: the report's whole schedule (basic CNN 3,
-  CNN 5, CNN with flip 5, MobileNet 5, ViT 10 epochs on all 60,000 images, the test set after
-  every epoch) with the trainer's default (the fast path, each step a replayed CUDA graph), with
-  the fast path step by step, seeds 1 and 2 of the faster, the deterministic pair (identical
-  histories), and the report's code as written in fp32;
-- suite: the whole test suite (modules needing a package the GPU machine lacks, such as Ray's,
-  are left out and named);
-- notebooks: the four notebooks executed by papermill under the full profile, and artifacts/full
-  packed into one archive, from which `mnist-lab unpack` and `mnist-lab report` build the PDF
-  on a CPU machine.
-It prints one table and writes one JSON (device, torch and CUDA versions, times, accuracies).
+  the captured step against the eager one, runs side by side against runs alone);
+- notebooks: the design card's path. Every run the four notebooks read, the calibration studies
+  included (`--studies train`), trained by the run executor (several at once on the GPU), then
+  the notebooks executed by papermill; artifacts/<profile> packed into one archive for
+  `mnist-lab unpack` and `mnist-lab report` on a CPU machine;
+- side-by-side: what training side by side buys: the same ViT screening runs of the study one
+  after another in this process and side by side, timed;
+- graphs, tf32: the report's schedule (basic CNN 3, CNN 5, CNN with flip 5, MobileNet 5, ViT 10
+  epochs on all 60,000 images, the test set after every epoch, seed 0, one after another) with
+  the trainer's CUDA default (bf16 autocast, each step a replayed CUDA graph), and the same in
+  fp32 with TF32 matmuls (a lead of docs/performance.md, measured beside it);
+- seeds, deterministic: seeds 1 and 2 of the faster schedule; the deterministic pair;
+- suite: the rest of the test suite (modules needing a package the GPU machine lacks, such as
+  Ray's, are left out and named);
+- eager, faithful-fp32: the schedule step by step, and the report's code as written in fp32.
+It prints one table (each phase, its time, the runs' accuracies beside the report's) and writes
+one JSON, rewritten after every phase.
 
 Without CUDA it says so in one line and exits 2. Training time is measured warm: a first run of
 each configuration's first model pays for CUDA's start and cuDNN's choices, and is reported
-beside it. Device time is scarce, so the JSON is rewritten after every phase, a phase that
-fails is recorded and the next one still runs, and once `--budget` seconds have passed the
-phases left are skipped and named.
+beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 
+from .phases import Phase, run_phases
+
+STARTED = time.monotonic()  # the budget counts from the import: start-up included
+DEVICE = "cuda"  # what the notebooks and side-by-side phases train on (a dry run on a CPU may change it)
 SCHEDULE = ("basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit")
 CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
-    "graphs": {},  # the default: the fast path, each step a replayed CUDA graph
+    "graphs": {},  # the default: the fast path, each step a replayed CUDA graph, bf16 autocast
+    "tf32": {"precision": "fp32"},  # the same in fp32, matmuls on TF32 tensor cores (`_tf32`)
     "eager": {"cuda_graphs": False},  # the fast path step by step
     "faithful-fp32": {"fast": False, "precision": "fp32"},
 }
-PHASES = ("device-tests", "graphs", "eager", "seeds", "deterministic", "faithful-fp32", "suite", "notebooks")
+# Seconds on one H200: the schedule's from the 2026-11-26 calls (docs/performance.md: wall time
+# plus the cold first run); the others first guesses, to be replaced by what this check measures.
+ESTIMATES = {"device-tests": 60, "notebooks": 300, "side-by-side": 90, "graphs": 50, "tf32": 50, "seeds": 70,
+             "deterministic": 20, "suite": 400, "eager": 175, "faithful-fp32": 185}
+PHASES = tuple(ESTIMATES)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "artifacts/gpu-check"),
                         help="where the JSON and the archive go (default: $OUT, else artifacts/gpu-check)")
+    parser.add_argument("--profile", choices=("full", "smoke"), default="full",
+                        help="the notebooks' profile (default: full; smoke for a quick look)")
     parser.add_argument("--skip", nargs="+", choices=PHASES, default=[], metavar="PHASE",
                         help=f"phases not to run, of: {', '.join(PHASES)}")
     parser.add_argument("--budget", type=float, default=480.0,
-                        help="seconds after which the phases not yet started are skipped (default 480)")
+                        help="seconds for the whole check; a phase that would overrun is skipped (default 480)")
+    parser.add_argument("--runs-per-gpu", type=int, metavar="N",
+                        help="runs trained at once (default: as many as the GPU holds)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -63,31 +82,31 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    deadline = time.monotonic() + args.budget
-    phases = {"device-tests": lambda: _tests(["-m", "device"]),
-              "graphs": lambda: _schedule("graphs"),
-              "eager": lambda: _schedule("eager"),
-              "seeds": lambda: _seeds(report),
-              "deterministic": _deterministic_pair,
-              "faithful-fp32": lambda: _schedule("faithful-fp32"),
-              "suite": lambda: _tests([]),
-              "notebooks": lambda: _notebooks(args.out)}
-    for key, run in phases.items():
-        if key in args.skip:
-            report[key] = {"skipped": "--skip"}
-        elif time.monotonic() > deadline:
-            report[key] = {"skipped": f"the --budget of {args.budget:.0f} s was spent"}
-        else:
-            print(f"gpu-check: {key}", flush=True)
-            start = time.perf_counter()
-            try:
-                report[key] = run()
-            except Exception as error:  # recorded; the phases after it still run
-                report[key] = {"error": f"{type(error).__name__}: {error}"}
-                traceback.print_exc()
-            print(f"gpu-check: {key} done in {time.perf_counter() - start:.0f} s", flush=True)
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "budget": args.budget, "profile": args.profile}
+    budget_end = STARTED + args.budget
+
+    def left() -> float:
+        return budget_end - time.monotonic()
+
+    run = {"device-tests": lambda: _tests(["-m", "device"], left()),
+           "notebooks": lambda: _notebooks(args.profile, args.out, args.runs_per_gpu),
+           "side-by-side": lambda: _side_by_side(args.profile, args.out, args.runs_per_gpu),
+           "graphs": lambda: _schedule("graphs"),
+           "tf32": lambda: _schedule("tf32"),
+           "seeds": lambda: _seeds(report),
+           "deterministic": _deterministic_pair,
+           "suite": lambda: _tests(["-m", "not device"], left()),
+           "eager": lambda: _schedule("eager"),
+           "faithful-fp32": lambda: _schedule("faithful-fp32")}
+
+    def save(key: str, result: dict) -> None:
+        report[key] = result
+        report["seconds"] = round(time.monotonic() - STARTED, 1)
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    run_phases([Phase(key, ESTIMATES[key], run[key]) for key in PHASES], budget=args.budget, started=STARTED,
+               skip=args.skip, on_phase=save, printer=lambda line: print(line, flush=True))
     print(table(report))
     return 0 if _passed(report) else 1
 
@@ -97,17 +116,21 @@ def main(argv: list[str] | None = None) -> int:
 OPTIONAL_TEST_PACKAGES = {"tests/test_sweep.py": "ray", "tests/test_html.py": "selenium"}
 
 
-def _tests(selection: list[str]) -> dict:
+def _tests(selection: list[str], seconds_left: float) -> dict:
     left_out = {module: package for module, package in OPTIONAL_TEST_PACKAGES.items()
                 if importlib.util.find_spec(package) is None}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection,
                *(f"--ignore={module}" for module in left_out)]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:  # never past the budget: a suite still running then is stopped, and says so
+        done = subprocess.run(command, capture_output=True, text=True, timeout=max(seconds_left, 30))
+    except subprocess.TimeoutExpired as stopped:
+        output = stopped.stdout.decode(errors="replace") if isinstance(stopped.stdout, bytes) else stopped.stdout or ""
+        return {"error": f"stopped at the budget after {stopped.timeout:.0f} s",
+                "tail": output.strip().splitlines()[-20:]}
     lines = done.stdout.strip().splitlines() or ["no output"]
     if done.returncode:
         print("\n".join(lines[-40:]), flush=True)
-    return {"exit_code": done.returncode, "summary": lines[-1], "seconds": round(time.perf_counter() - start, 1),
+    return {"exit_code": done.returncode, "summary": lines[-1],
             "left_out": [f"{module} (no {package})" for module, package in left_out.items()]}
 
 
@@ -118,16 +141,33 @@ def _train(name: str, seed: int = 0, **settings) -> dict:
     from ..spec import RunSpec
     from ..train import fit
 
+    tf32 = settings.pop("tf32", False)
     torch.cuda.synchronize()
     start = time.perf_counter()
     spec = RunSpec.of(get_experiment(name), seed, device="cuda", **settings)
-    result = fit(spec, label=f"{name} seed {seed}", data=_data(), progress=False)
+    with _tf32(tf32):
+        result = fit(spec, label=f"{name} seed {seed}", data=_data(), progress=False)
     torch.cuda.synchronize()
     history = result.history
     return {"wall_seconds": round(time.perf_counter() - start, 2),
             "train_seconds": round(float(history["train_seconds"].sum()), 2),
             "test_accuracy": float(history["test_accuracy"].iloc[-1]),
             "history": history.drop(columns=["train_seconds", "seconds"]).to_dict("records")}
+
+
+@contextlib.contextmanager
+def _tf32(on: bool):
+    """fp32 matmuls on TF32 tensor cores inside the block (cuDNN's convolutions use TF32 by
+    default already); the previous setting afterwards. A measurement here: the trainer's runs
+    keep torch's defaults until this wins (docs/performance.md)."""
+    import torch
+
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = previous or on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 _MNIST = None
@@ -143,7 +183,7 @@ def _data():
 
 
 def _schedule(configuration: str) -> dict:
-    settings = CONFIGURATIONS[configuration]
+    settings = {**CONFIGURATIONS[configuration], "tf32": configuration == "tf32"}
     cold = _train("basic_cnn", **settings)  # pays for start-up, capture and cuDNN's choices
     runs = {}
     for name in SCHEDULE:
@@ -160,9 +200,10 @@ def _seeds(report: dict) -> dict:
     if not ran:
         return {"skipped": "no fast configuration ran"}
     best = min(ran, key=lambda c: report[c]["train_seconds"])
+    settings = {**CONFIGURATIONS[best], "tf32": best == "tf32"}
     return {"configuration": best,
             "test_accuracy": {name: [report[best]["runs"][name]["test_accuracy"]]
-                              + [_train(name, seed=seed, **CONFIGURATIONS[best])["test_accuracy"] for seed in (1, 2)]
+                              + [_train(name, seed=seed, **settings)["test_accuracy"] for seed in (1, 2)]
                               for name in SCHEDULE}}
 
 
@@ -171,18 +212,78 @@ def _deterministic_pair() -> dict:
     return {"identical": pair[0] == pair[1]}
 
 
-def _notebooks(out: Path) -> dict:
+def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
+    """The design card's path: plan, train (studies included, side by side), execute, pack."""
     try:
         import papermill  # noqa: F401  (only whether it is there)
     except ImportError:
         return {"skipped": "papermill is not installed here (bring its wheels: see the README)"}
+    from ..runs import for_profile
     from ..workbook import archive, notebooks
 
+    shared = {"device": DEVICE}
     start = time.perf_counter()
-    ran = notebooks.execute_all(None, profile="full", shared={"device": "cuda"}, force=True, progress=False)
-    seconds = round(time.perf_counter() - start, 1)
-    packed = archive.pack("full", out / "artifacts-full.tar.gz")
-    return {"ran": ran, "seconds": seconds, "archive": str(packed)}
+    stages = notebooks.train_planned(notebooks.available(), profile=profile, shared=shared, studies="train",
+                                     runs_per_gpu=runs_per_gpu)
+    train_seconds = time.perf_counter() - start
+    ran = notebooks.execute_all(None, profile=profile, shared=shared, force=True, progress=False, studies="train")
+    notebook_seconds = time.perf_counter() - start - train_seconds
+    packed = archive.pack(profile, out / f"artifacts-{profile}.tar.gz")
+    cache = for_profile(profile)
+    index = cache.index()
+    accuracies = {}
+    for name in SCHEDULE:
+        key = index.get(name, {}).get("0")
+        run = cache.get(_spec_of(cache, key)) if key else None
+        if run is not None:
+            accuracies[name] = float(run.history["test_accuracy"].iloc[-1])
+    return {"ran": ran, "stages": [{k: stage[k] for k in ("trained", "at_once", "train_seconds")} for stage in stages],
+            "train_seconds": round(train_seconds, 1), "notebook_seconds": round(notebook_seconds, 1),
+            "archive": str(packed), "archive_bytes": packed.stat().st_size, "test_accuracy": accuracies}
+
+
+def _spec_of(cache, key: str):
+    """The spec a cached run was trained from, read from its record (checked again by `get`)."""
+    from ..runs.directory import read_run_record
+    from ..spec import RunSpec
+
+    record = read_run_record(cache.folder / key[:16])
+    return RunSpec.from_value(record["inputs"]) if record else None
+
+
+def _side_by_side(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
+    """The ViT study's screening runs (its most numerous), trained one after another in this
+    process and then side by side, each set into a cache of its own: the speed-up, and how far
+    apart the two sets' results are (the trainer's CUDA default is not deterministic, so equal
+    only to rounding; the deterministic comparison is a `device` test)."""
+    from ..runs import RunCache
+    from ..runs.executor import distinct, train_here
+    from ..runs.side_by_side import runs_per_gpu as choose, train_side_by_side
+    from ..workbook import notebooks
+
+    plan = notebooks.plan_runs(["q3_comparison"], profile=profile, shared={"device": DEVICE}, studies="train")
+    screens = [runs[0] for runs in distinct([run for run in plan.study if run.spec.recipe.model == "vit"]).values()]
+    screens = sorted(screens, key=lambda run: run.spec.recipe.epochs)
+    scratch = Path(tempfile.mkdtemp(dir=out, prefix="side-by-side."))
+    alone, together = RunCache(scratch / "alone"), RunCache(scratch / "together")
+    at_once = choose(together, [run.spec for run in screens], runs_per_gpu)
+    sample = screens[:at_once]
+    if at_once < 2:
+        return {"skipped": f"{len(screens)} screening run(s) and room for {at_once} at once: nothing to compare"}
+    start = time.perf_counter()
+    for run in sample:
+        train_here(alone, run, _data(), printer=lambda line: None)
+    serial = time.perf_counter() - start
+    start = time.perf_counter()
+    failed = train_side_by_side(together, sample, at_once, printer=lambda line: None)
+    side_by_side = time.perf_counter() - start
+    if failed:
+        return {"error": f"failed side by side: {', '.join(failed)}"}
+    gaps = [abs(alone.get(run.spec).history["test_accuracy"].iloc[-1]
+                - together.get(run.spec).history["test_accuracy"].iloc[-1]) for run in sample]
+    return {"runs": len(sample), "epochs": sample[0].spec.recipe.epochs, "at_once": at_once,
+            "one_after_another_seconds": round(serial, 1), "side_by_side_seconds": round(side_by_side, 1),
+            "speed_up": round(serial / side_by_side, 2), "largest_accuracy_gap": round(max(gaps), 3)}
 
 
 def _passed(report: dict) -> bool:
@@ -193,42 +294,60 @@ def _passed(report: dict) -> bool:
 
 
 def table(report: dict) -> str:
-    lines = [f"{report['device']}, torch {report['torch']}, CUDA {report['cuda']}", ""]
-    for key in ("device-tests", "suite"):
-        if key in report:
-            lines.append(f"{key}: {_summary(report[key])}")
-    lines.append(f"{'configuration':<15} {'train s':>8} {'wall s':>8} {'cold first run s':>17}  "
-                 + "  ".join(f"{name:>9}" for name in SCHEDULE))
-    for configuration in CONFIGURATIONS:
-        result = report.get(configuration, {"skipped": "not run"})
-        if "runs" not in result:
-            lines.append(f"{configuration:<15} {_summary(result)}")
-            continue
-        accuracies = "  ".join(f"{result['runs'][name]['test_accuracy']:>8.2f}%" for name in SCHEDULE)
-        lines.append(f"{configuration:<15} {result['train_seconds']:>8.1f} {result['wall_seconds']:>8.1f} "
-                     f"{result['cold_first_run_seconds']:>17.1f}  {accuracies}")
-    seeds = report.get("seeds", {"skipped": "not run"})
-    lines.append(f"seeds 0-2 ({seeds['configuration']}): "
-                 + "; ".join(f"{name} {', '.join(f'{a:.2f}' for a in values)}"
-                             for name, values in seeds["test_accuracy"].items())
-                 if "test_accuracy" in seeds else f"seeds: {_summary(seeds)}")
-    pair = report.get("deterministic", {"skipped": "not run"})
-    lines.append(f"deterministic pair identical: {pair['identical']}" if "identical" in pair
-                 else f"deterministic pair: {_summary(pair)}")
-    if "notebooks" in report:
-        notebooks = report["notebooks"]
-        lines.append(f"notebooks: {len(notebooks['ran'])} in {notebooks['seconds']:.0f} s, packed to "
-                     f"{notebooks['archive']}" if "ran" in notebooks else f"notebooks: {_summary(notebooks)}")
+    """Each phase with its time and what it found; then the runs' final test accuracies beside the report's."""
+    from ..results.reference import REPORT_TABLES
+
+    lines = [f"{report['device']}, torch {report['torch']}, CUDA {report['cuda']}: "
+             f"{report.get('seconds', 0):.0f} s of a {report.get('budget', 0):.0f} s budget", "",
+             f"{'phase':<14} {'seconds':>8}  result"]
+    for key in PHASES:
+        phase = report.get(key, {"skipped": "not run"})
+        seconds = f"{phase['seconds']:>8.0f}" if "seconds" in phase else f"{'-':>8}"
+        lines.append(f"{key:<14} {seconds}  {_summary(key, phase)}")
+    lines += ["", f"{'test accuracy %':<22}" + "".join(f"{name:>10}" for name in SCHEDULE)]
+    rows = [("report (Tables 1-4)", {name: table[-1][2] for name, table in REPORT_TABLES.items()})]
+    notebooks = report.get("notebooks", {})
+    if "test_accuracy" in notebooks:
+        rows.append((f"notebooks ({report.get('profile', 'full')})", notebooks["test_accuracy"]))
+    rows += [(configuration, {name: run["test_accuracy"] for name, run in report[configuration]["runs"].items()})
+             for configuration in CONFIGURATIONS if "runs" in report.get(configuration, {})]
+    seeds = report.get("seeds", {})
+    if "test_accuracy" in seeds:
+        rows += [(f"{seeds['configuration']} seed {seed}", {name: values[seed] for name, values in
+                                                           seeds["test_accuracy"].items()}) for seed in (1, 2)]
+    for label, accuracies in rows:
+        lines.append(f"{label:<22}" + "".join(f"{accuracies[name]:>10.2f}" if name in accuracies else f"{'-':>10}"
+                                              for name in SCHEDULE))
     return "\n".join(lines)
 
 
-def _summary(phase: dict) -> str:
+def _summary(key: str, phase: dict) -> str:
     if "error" in phase:
         return f"failed, {phase['error']}"
     if "skipped" in phase:
         return f"skipped, {phase['skipped']}"
-    left_out = f"; left out: {', '.join(phase['left_out'])}" if phase.get("left_out") else ""
-    return f"{phase['summary']} ({phase['seconds']:.0f} s){left_out}"
+    if "summary" in phase:
+        left_out = f"; left out: {', '.join(phase['left_out'])}" if phase.get("left_out") else ""
+        return f"{phase['summary']}{left_out}"
+    if key == "notebooks":
+        stages = "; ".join(f"{stage['trained']} trained, {stage['at_once']} at a time, {stage['train_seconds']:.0f} s"
+                           for stage in phase["stages"])
+        return (f"{len(phase['ran'])} notebooks by papermill in {phase['notebook_seconds']:.0f} s after training "
+                f"{phase['train_seconds']:.0f} s (stages: {stages}); packed {phase['archive_bytes'] / 2**20:.0f} MiB "
+                f"to {phase['archive']}")
+    if key == "side-by-side":
+        return (f"{phase['runs']} ViT screens of {phase['epochs']} epochs: one after another "
+                f"{phase['one_after_another_seconds']:.1f} s, {phase['at_once']} at a time "
+                f"{phase['side_by_side_seconds']:.1f} s ({phase['speed_up']:.2f}x); largest final-accuracy gap "
+                f"{phase['largest_accuracy_gap']:.2f} points")
+    if "runs" in phase:
+        return (f"schedule: training {phase['train_seconds']:.1f} s, wall {phase['wall_seconds']:.1f} s, "
+                f"cold first run {phase['cold_first_run_seconds']:.1f} s")
+    if "identical" in phase:
+        return f"pair identical: {phase['identical']}"
+    if "test_accuracy" in phase:
+        return f"seeds 1 and 2 of {phase['configuration']}"
+    return json.dumps(phase)
 
 
 if __name__ == "__main__":
