@@ -57,6 +57,7 @@ CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
 # plus the cold first run); the others first guesses, to be replaced by what this check measures.
 ESTIMATES = {"device-tests": 60, "notebooks": 300, "side-by-side": 90, "graphs": 50, "tf32": 50, "seeds": 70,
              "deterministic": 20, "suite": 400, "eager": 175, "faithful-fp32": 185}
+SMOKE_ESTIMATES = {"notebooks": 90, "side-by-side": 40}  # the smoke profile's subsets: first guesses too
 PHASES = tuple(ESTIMATES)
 
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         report["seconds"] = round(time.monotonic() - STARTED, 1)
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    run_phases([Phase(key, ESTIMATES[key], run[key]) for key in PHASES], budget=args.budget, started=STARTED,
+    estimates = {**ESTIMATES, **(SMOKE_ESTIMATES if args.profile == "smoke" else {})}
+    run_phases([Phase(key, estimates[key], run[key]) for key in PHASES], budget=args.budget, started=STARTED,
                skip=args.skip, on_phase=save, printer=lambda line: print(line, flush=True))
     print(table(report))
     return 0 if _passed(report) else 1
