@@ -3,15 +3,18 @@ what it computes alone. The choice is arithmetic, checked here; the processes ar
 CPU they take turns at the machine's CPU slot (the pool's plumbing is what is checked there),
 on a GPU (`device`) they share it."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from mnist_lab.errors import LabError
 from mnist_lab.experiments import get_experiment
-from mnist_lab.runs import RunCache
+from mnist_lab.runs import RunCache, side_by_side
 from mnist_lab.runs.executor import Planned, train_here, train_missing
-from mnist_lab.runs.side_by_side import (GIB, UNMEASURED_BYTES, choose_runs_per_gpu, footprint_bytes,
-                                         read_footprints, record_footprints, runs_per_gpu,
+from mnist_lab.runs.side_by_side import (GIB, UNMEASURED_BYTES, choose_runs_per_gpu, footprint_bytes, mps_daemon,
+                                         mps_running, read_footprints, record_footprints, runs_per_gpu,
                                          train_side_by_side)
 from mnist_lab.spec import RunSpec
 
@@ -43,6 +46,15 @@ def test_runs_on_a_cpu_train_one_at_a_time_whatever_is_asked(tmp_path):
     specs = [_spec(seed=seed) for seed in range(3)]
     assert runs_per_gpu(cache, specs) == 1
     assert runs_per_gpu(cache, specs, requested=4) == 1
+
+
+def test_without_an_mps_daemon_gpu_runs_train_one_at_a_time_unless_asked(tmp_path, monkeypatch):
+    """Without MPS a GPU gives processes time slices in turn: side by side bought nothing (0.96x)."""
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "no-daemon"))
+    specs = [_spec(seed=seed, device="cuda") for seed in range(3)]
+    assert not mps_running()
+    assert runs_per_gpu(RunCache(tmp_path), specs) == 1
+    assert runs_per_gpu(RunCache(tmp_path), specs, requested=3) == 3
 
 
 def test_a_requested_count_is_used_on_a_gpu_up_to_the_number_of_runs(tmp_path):
@@ -126,3 +138,50 @@ def test_the_plan_line_says_nothing_of_side_by_side_on_a_cpu(tmp_path):
     lines = []
     report = train_missing(RunCache(tmp_path), [], printer=lines.append)
     assert report["at_once"] == 1 and "at a time" not in lines[0]
+
+
+def _fake_mps_control(folder, exit_code: int = 0):
+    """A stand-in for nvidia-cuda-mps-control on PATH: it logs its arguments, its input and the
+    pipe folder it was given, then exits with `exit_code`."""
+    folder.mkdir()
+    log = folder / "calls.log"
+    program = folder / "nvidia-cuda-mps-control"
+    program.write_text(f"""#!/bin/sh
+echo "args=$* pipes=$CUDA_MPS_PIPE_DIRECTORY" >> {log}
+if [ "$1" != "-d" ]; then cat >> {log}; fi
+exit {exit_code}
+""")
+    program.chmod(0o755)
+    return log
+
+
+def test_mps_daemon_starts_one_for_the_block_and_stops_it_after(tmp_path, monkeypatch):
+    log = _fake_mps_control(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(side_by_side, "MPS_DEFAULT_PIPES", str(tmp_path / "none"))
+    with mps_daemon(printer=pytest.fail) as on:
+        pipes = Path(os.environ["CUDA_MPS_PIPE_DIRECTORY"])
+        assert on and pipes.is_dir() and Path(os.environ["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and "CUDA_MPS_LOG_DIRECTORY" not in os.environ
+    assert not pipes.parent.exists()  # its own folder, removed
+    assert log.read_text().splitlines() == [f"args=-d pipes={pipes}", f"args= pipes={pipes}", "quit"]
+
+
+def test_mps_daemon_uses_a_running_one_and_runs_without_when_none_starts(tmp_path, monkeypatch):
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "control").touch()
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(running))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no control program: not needed for a running one
+    with mps_daemon(printer=pytest.fail) as on:
+        assert on and os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(running)
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "none"))
+    with mps_daemon(printer=pytest.fail) as on:  # no program: silently without
+        assert not on
+    log = _fake_mps_control(tmp_path / "bin", exit_code=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    lines = []
+    with mps_daemon(printer=lines.append) as on:
+        assert not on and os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "none")
+    assert len(lines) == 1 and lines[0].startswith("MPS did not start") and log.read_text().count("args=-d") == 1

@@ -79,12 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("gpu-check: torch is not installed for this Python; nothing to check", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print("gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one", file=sys.stderr)
-        return 2
+    from ..runs.side_by_side import mps_daemon
+
+    # MPS before CUDA's first use here: this process and every worker are its clients, as measured.
+    with mps_daemon(printer=lambda line: print(f"gpu-check: {line}", flush=True)) as mps:
+        if not torch.cuda.is_available():
+            print("gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one", file=sys.stderr)
+            return 2
+        return _check(args, mps)
+
+
+def _check(args, mps: bool) -> int:
+    import torch
+
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "budget": args.budget, "profile": args.profile}
+              "budget": args.budget, "profile": args.profile, "mps": mps}
     budget_end = STARTED + args.budget
 
     def left() -> float:
@@ -299,7 +309,8 @@ def table(report: dict) -> str:
     """Each phase with its time and what it found; then the runs' final test accuracies beside the report's."""
     from ..results.reference import REPORT_TABLES
 
-    lines = [f"{report['device']}, torch {report['torch']}, CUDA {report['cuda']}: "
+    mps = {True: ", MPS on", False: ", no MPS"}.get(report.get("mps"), "")
+    lines = [f"{report['device']}, torch {report['torch']}, CUDA {report['cuda']}{mps}: "
              f"{report.get('seconds', 0):.0f} s of a {report.get('budget', 0):.0f} s budget", "",
              f"{'phase':<14} {'seconds':>8}  result"]
     for key in PHASES:

@@ -54,6 +54,8 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
     at_once = 1 if address else choose(cache, [run.spec for run in missing], runs_per_gpu)
     from_frozen = f"{frozen} frozen, " if frozen else ""
     side_by_side = f", {at_once} at a time on the GPU" if at_once > 1 else ""
+    if at_once == 1 and runs_per_gpu is None and len(missing) > 1 and missing[0].spec.device == "cuda":
+        side_by_side = ", one at a time (no MPS daemon: `nvidia-cuda-mps-control -d` lets several share the GPU)"
     printer(f"runs: {len(planned) if read is None else read} read by the notebooks, {len(by_key) + frozen} distinct, "
             f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{side_by_side}"
             f"{_estimate(cache, missing, at_once)}")

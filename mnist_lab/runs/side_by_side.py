@@ -1,26 +1,38 @@
-"""Several runs at once on one GPU: each in a process of its own, as many as the GPU holds.
+"""Several runs at once on one GPU: each in a process of its own, under CUDA's Multi-Process Service.
 
 At batch 64 these models leave a GPU far from busy (a step is tens to hundreds of kernels of a
-few microseconds each, docs/performance.md), so runs side by side fill the gaps one run leaves.
-Processes, not threads on streams in one process: a run seeds torch's global generators
+few microseconds each, docs/performance.md), so runs side by side could fill the gaps one run
+leaves. Processes, not threads on streams in one process: a run seeds torch's global generators
 (`torch.manual_seed` for the model's initialisation and dropout), so two runs in one process
 would draw from each other's streams, and a run's result would depend on its neighbours. In a
 process of its own each run computes what it computes alone with the same settings; a `device`
 test checks this.
 
+Processes share a GPU well only under MPS (NVIDIA's Multi-Process Service: one server runs the
+kernels of every client process side by side). Without it the GPU gives each process's context
+time slices in turn, and on one H200 eight ViT runs side by side took as long as one after
+another (0.96×; with MPS 1.90×, docs/performance.md). So by default runs go side by side only
+where an MPS daemon answers (`mps_running`); `mps_daemon()` starts one for a block, as
+`make gpu-check` does before CUDA starts.
+
 How many at once (`choose_runs_per_gpu`): as many as fit in 80% of the GPU's free memory at the
 runs' measured footprint plus a CUDA context each, at most one per two CPU cores (each process
 has a Python thread launching kernels and replaying graphs), and never more than there are runs;
-`--runs-per-gpu N` overrides it.
+`--runs-per-gpu N` overrides it (MPS or not).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 from ..errors import LabError
 from ..files import write_json
@@ -31,6 +43,9 @@ CONTEXT_BYTES = 1 * GIB  # a CUDA context with cuBLAS's and cuDNN's workspaces, 
 UNMEASURED_BYTES = 2 * GIB  # a run's peak before any run of its model was measured here
 MEMORY_SHARE = 0.8  # of the free memory: room for allocator fragmentation and the parent
 FOOTPRINTS = "footprints.json"  # in the cache's folder, beside index.json
+MPS_CONTROL = "nvidia-cuda-mps-control"
+MPS_DEFAULT_PIPES = "/tmp/nvidia-mps"  # where a daemon listens unless CUDA_MPS_PIPE_DIRECTORY says otherwise
+MPS_SECONDS = 10  # the most the daemon's start or stop may take
 
 
 def choose_runs_per_gpu(*, free_bytes: int, footprint_bytes: int, cpu_cores: int, runs: int) -> int:
@@ -76,11 +91,63 @@ def runs_per_gpu(cache, specs: list[RunSpec], requested: int | None = None) -> i
         return 1  # a CPU trains fastest with every core on one run (docs/performance.md)
     if requested is not None:
         return min(requested, len(specs))
+    if not mps_running():
+        return 1  # time slices: side by side buys nothing (see above)
     import torch
 
     free, _ = torch.cuda.mem_get_info()
     return choose_runs_per_gpu(free_bytes=free, footprint_bytes=footprint_bytes(cache, specs),
                                cpu_cores=os.cpu_count() or 1, runs=len(specs))
+
+
+def mps_running() -> bool:
+    """Whether an MPS control daemon listens where this process's CUDA would look for one."""
+    pipes = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or MPS_DEFAULT_PIPES)
+    return (pipes / "control").exists()
+
+
+@contextlib.contextmanager
+def mps_daemon(printer=print):
+    """CUDA's Multi-Process Service for the block, for every process whose CUDA starts inside it
+    (the driver connects at CUDA's first use): a daemon already running is used; else one is
+    started in a folder of its own where the control program is installed, and stopped after.
+    Yields whether MPS is on. Without the program, or if it does not start, the block runs
+    without it, and says so."""
+    if mps_running():
+        yield True
+        return
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        yield False
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-mps."))
+    settings = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipes"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+    for path in settings.values():
+        Path(path).mkdir()
+    environment = {**os.environ, **settings}
+    try:
+        started = subprocess.run([control, "-d"], env=environment, capture_output=True,
+                                 timeout=MPS_SECONDS).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        started = False
+    if not started:
+        shutil.rmtree(folder, ignore_errors=True)
+        printer(f"MPS did not start ({control} -d); runs side by side would take turns on the GPU")
+        yield False
+        return
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield True
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([control], input=b"quit\n", env=environment, capture_output=True, timeout=MPS_SECONDS)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_seconds: float = 3600) -> list[str]:
