@@ -233,6 +233,7 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     from ..runs import for_profile
     from ..workbook import archive, notebooks
 
+    _find_installed_templates()
     shared = {"device": DEVICE}
     start = time.perf_counter()
     stages = notebooks.train_planned(notebooks.available(), profile=profile, shared=shared, studies="train",
@@ -252,6 +253,18 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     return {"ran": ran, "stages": [{k: stage[k] for k in ("trained", "at_once", "train_seconds")} for stage in stages],
             "train_seconds": round(train_seconds, 1), "notebook_seconds": round(notebook_seconds, 1),
             "archive": str(packed), "archive_bytes": packed.stat().st_size, "test_accuracy": accuracies}
+
+
+def _find_installed_templates() -> None:
+    """Packages installed with `pip install --target DIR` (a GPU machine without network) put
+    nbconvert's templates in DIR/share/jupyter, where Jupyter does not look unless JUPYTER_PATH
+    says so; without them the HTML pages fail after the notebooks ran (seen on an H200)."""
+    import nbconvert
+
+    shared = Path(nbconvert.__file__).resolve().parents[1] / "share" / "jupyter"
+    known = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+    if (shared / "nbconvert" / "templates").is_dir() and str(shared) not in known:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(shared), *known]))
 
 
 def _spec_of(cache, key: str):
