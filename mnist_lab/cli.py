@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the calibration studies' runs: read from frozen/ where the cache lacks them (default), "
                           "or trained here")
     run.add_argument("--runs-per-gpu", type=_positive_int, metavar="N",
-                     help="on a GPU, train N runs at once, each in a process of its own (default: as many as the "
-                          "GPU's memory and this machine's cores hold)")
+                     help="on a GPU, train N runs at once, each in a process of its own (default: with CUDA's MPS "
+                          "daemon running, as many as the GPU's memory and this machine's cores hold; else 1)")
     run.add_argument("--no-progress", action="store_true",
                      help="no bar of each notebook's cells (drawn only on a terminal; a log gets the epoch lines alone)")
 

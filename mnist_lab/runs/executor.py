@@ -4,10 +4,10 @@
     report = train_missing(cache, planned, address="...")    # as Ray tasks on a cluster (`sweep`)
 
 On a CPU, runs train one after another in this process, each with every core (the fastest
-there is: two at once on 2 cores run many times slower, docs/performance.md). On a GPU, several
-train at once, each in a process of its own (`side_by_side`: as many as the GPU holds, or
-`runs_per_gpu`). With an address, the runs go to Ray through the sweep's submission, and come
-back verified.
+there is: two at once on 2 cores run many times slower, docs/performance.md). On a GPU with
+CUDA's MPS daemon running, several train at once, each in a process of its own (`side_by_side`:
+as many as the GPU holds, or `runs_per_gpu`); without MPS one at a time, as sharing then buys
+nothing. With an address, the runs go to Ray through the sweep's submission, and come back verified.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
     cache's index, and return what happened: {"planned", "distinct", "cached", "trained", "at_once",
     "train_seconds"}. `frozen`: how many more distinct runs the notebooks read from frozen/, and
     `read` how many they read in all (the plan's line says both). `runs_per_gpu`: how many CUDA
-    runs train at once (default: as many as the GPU holds, `side_by_side.runs_per_gpu`)."""
+    runs train at once (default `side_by_side.runs_per_gpu`: under MPS as many as the GPU holds)."""
     from .side_by_side import runs_per_gpu as choose, train_side_by_side
 
     by_key = distinct(planned)

@@ -195,9 +195,14 @@ _WORKER: dict = {}
 
 
 def _start_worker(cache_folder: str) -> None:
+    import signal
+
     from ..data import load_mnist
     from .cache import RunCache
 
+    # Ctrl-C belongs to the parent, which stops the workers (a run resumes from its last epoch's
+    # checkpoint); a worker ignoring it prints no traceback of its own under the parent's one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER["cache"] = RunCache(cache_folder)
     _WORKER["data"] = load_mnist()
 

@@ -206,7 +206,8 @@ def plan_runs(names: list[str], *, profile: str, parameters: dict | None = None,
 def train_planned(names: list[str], *, profile: str, parameters: dict | None = None, shared: dict | None = None,
                   address: str | None = None, studies: str = "frozen", runs_per_gpu: int | None = None) -> list[dict]:
     """Train what the notebooks `names` will read, stage after stage (a study's confirmation waits
-    for its screen), each distinct spec once; a study's runs from frozen/ where it has them."""
+    for its screen), each distinct spec once; a study's runs from frozen/ where it has them.
+    Returns what the executor reported for each stage (`train_missing`)."""
     from ..runs import for_profile
     from ..runs import frozen as frozen_runs
     from ..runs.executor import train_missing
