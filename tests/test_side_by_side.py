@@ -185,3 +185,55 @@ def test_mps_daemon_uses_a_running_one_and_runs_without_when_none_starts(tmp_pat
     with mps_daemon(printer=lines.append) as on:
         assert not on and os.environ["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "none")
     assert len(lines) == 1 and lines[0].startswith("MPS did not start") and log.read_text().count("args=-d") == 1
+
+
+SIDE_BY_SIDE_SCRIPT = """
+import sys
+from mnist_lab.experiments import get_experiment
+from mnist_lab.runs import RunCache
+from mnist_lab.runs.executor import Planned
+from mnist_lab.runs.side_by_side import train_side_by_side
+from mnist_lab.spec import RunSpec
+
+if __name__ == "__main__":  # the spawned workers import this file too
+    experiment = get_experiment("basic_cnn").with_override("epochs", 3)
+    runs = [Planned("basic_cnn", RunSpec.of(experiment, seed, device="cpu", limit_train=20000, limit_test=256,
+                                            threads=1)) for seed in (0, 1)]
+    try:
+        train_side_by_side(RunCache(sys.argv[1]), runs, 2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_run_side_by_side_and_keeps_their_last_epoch(tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground group: the parent stops the workers (which
+    ignore it themselves), and a run resumes later from its checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "side_by_side.py"
+    script.write_text(SIDE_BY_SIDE_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    lines = []
+    deadline = time.monotonic() + 120
+    while not any("epoch 1/3" in line for line in lines):
+        assert time.monotonic() < deadline and process.poll() is None, lines
+        lines.append(process.stdout.readline())
+    workers = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and out.strip().endswith("interrupted"), (out, err)
+    assert "Traceback" not in err, err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    checkpoints = list((tmp_path / "runs").glob(".*.checkpoint.pt"))
+    assert checkpoints, "the run that finished an epoch keeps it"

@@ -179,8 +179,9 @@ def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_
                         why = str(error or problems[0])
                         printer(f"failed: {why}" if why.startswith(run.name) else f"{run.name} failed: {why}")
         except BaseException:  # Ctrl-C or a stall: stop the workers, keep what finished
+            workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
             pool.shutdown(wait=False, cancel_futures=True)
-            for process in list(getattr(pool, "_processes", {}).values()):
+            for process in workers:
                 process.terminate()
             raise
         finally:
