@@ -4,6 +4,7 @@ Ctrl-C anywhere, start-up included, is one line and exit 130."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -338,6 +339,9 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `mnist-lab status | head`: the reader has what it wanted; no error to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush goes nowhere
+        return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as error:  # a folder that cannot be written, a disk full: the system's own words
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

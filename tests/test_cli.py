@@ -87,3 +87,13 @@ def test_the_command_answers_help_before_importing_torch():
               "try:\n    entry_point()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "usage: mnist-lab run" in done.stdout and done.stdout.strip().endswith("False"), done.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_error_line():
+    """`mnist-lab status | head -1`: the rest of the output has nowhere to go, which is no error."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_lab", "status", "--profile", "smoke"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("profile smoke: ")
+    process.stdout.close()  # as `head` exits after its line
+    errors = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and errors == ""
