@@ -53,11 +53,11 @@ CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
     "eager": {"cuda_graphs": False},  # the fast path step by step
     "faithful-fp32": {"fast": False, "precision": "fp32"},
 }
-# Seconds on one H200: the schedule's from the 2026-11-26 calls (docs/performance.md: wall time
-# plus the cold first run); the others first guesses, to be replaced by what this check measures.
-ESTIMATES = {"device-tests": 60, "notebooks": 300, "side-by-side": 90, "graphs": 50, "tf32": 50, "seeds": 70,
-             "deterministic": 20, "suite": 400, "eager": 175, "faithful-fp32": 185}
-SMOKE_ESTIMATES = {"notebooks": 90, "side-by-side": 40}  # the smoke profile's subsets: first guesses too
+# Seconds on one H200, as measured there on 2026-12-04 (docs/performance.md) and rounded up; the
+# suite, eager and faithful-fp32 from the 2-core CPU's suite time and the 2026-11-26 calls.
+ESTIMATES = {"device-tests": 45, "notebooks": 330, "side-by-side": 100, "graphs": 45, "tf32": 45, "seeds": 80,
+             "deterministic": 10, "suite": 400, "eager": 175, "faithful-fp32": 185}
+SMOKE_ESTIMATES = {"notebooks": 100, "side-by-side": 40}  # the smoke profile's subsets
 PHASES = tuple(ESTIMATES)
 
 
