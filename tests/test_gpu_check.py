@@ -112,3 +112,9 @@ def test_every_phase_has_an_estimate_and_the_check_refuses_an_unknown_phase():
     assert set(gpu_check.ESTIMATES) == set(gpu_check.PHASES)
     with pytest.raises(SystemExit):
         gpu_check.main(["--skip", "no-such-phase"])
+
+
+def test_a_runs_per_gpu_below_one_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit:
+        gpu_check.main(["--runs-per-gpu", "0"])
+    assert exit.value.code == 2 and "--runs-per-gpu: must be at least 1, got 0" in capsys.readouterr().err

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"phases not to run, of: {', '.join(PHASES)}")
     parser.add_argument("--budget", type=float, default=480.0,
                         help="seconds for the whole check; a phase that would overrun is skipped (default 480)")
-    parser.add_argument("--runs-per-gpu", type=int, metavar="N",
-                        help="runs trained at once (default: as many as the GPU holds)")
+    parser.add_argument("--runs-per-gpu", type=_at_least_one, metavar="N",
+                        help="runs trained at once (default: under the MPS daemon it starts, as many as the GPU holds)")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -82,11 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     from ..runs.side_by_side import mps_daemon
 
     # MPS before CUDA's first use here: this process and every worker are its clients, as measured.
-    with mps_daemon(printer=lambda line: print(f"gpu-check: {line}", flush=True)) as mps:
-        if not torch.cuda.is_available():
-            print("gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one", file=sys.stderr)
-            return 2
-        return _check(args, mps)
+    try:
+        with mps_daemon(printer=lambda line: print(f"gpu-check: {line}", flush=True)) as mps:
+            if not torch.cuda.is_available():
+                print("gpu-check: no CUDA GPU is visible to PyTorch here; run it on a machine with one", file=sys.stderr)
+                return 2
+            return _check(args, mps)
+    except KeyboardInterrupt:  # the JSON holds every phase that ended; the daemon is stopped
+        print("gpu-check: interrupted", file=sys.stderr)
+        return 130
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _check(args, mps: bool) -> int:
