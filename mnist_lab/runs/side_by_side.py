@@ -84,7 +84,8 @@ def record_footprints(cache, peaks: dict[str, int]) -> None:
 
 
 def runs_per_gpu(cache, specs: list[RunSpec], requested: int | None = None) -> int:
-    """How many of `specs` to train at once: 1 unless they are CUDA runs; `requested` if given."""
+    """How many of `specs` to train at once: `requested` if given for CUDA runs; else 1 unless they
+    are CUDA runs and an MPS daemon answers, then `choose_runs_per_gpu` on the GPU's free memory."""
     if requested is not None and requested < 1:
         raise LabError(f"--runs-per-gpu must be at least 1, got {requested}")
     if not specs or any(spec.device != "cuda" for spec in specs):
