@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,8 +245,10 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
         import papermill  # noqa: F401  (only whether it is there)
     except ImportError:
         return {"skipped": "papermill is not installed here (bring its wheels: see the README)"}
+    from ..profiles import get_profile
     from ..runs import for_profile
     from ..workbook import archive, notebooks
+    from ..workbook.plan import experiment_runs
 
     _find_installed_templates()
     shared = {"device": DEVICE}
@@ -257,11 +260,9 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     notebook_seconds = time.perf_counter() - start - train_seconds
     packed = archive.pack(profile, out / f"artifacts-{profile}.tar.gz")
     cache = for_profile(profile)
-    index = cache.index()
     accuracies = {}
-    for name in SCHEDULE:
-        key = index.get(name, {}).get("0")
-        run = cache.get(_spec_of(cache, key)) if key else None
+    for name in SCHEDULE:  # seed 0 of each, as the notebooks read it
+        run = cache.get(experiment_runs(name, [0], get_profile(profile), DEVICE)[0].spec)
         if run is not None:
             accuracies[name] = float(run.history["test_accuracy"].iloc[-1])
     return {"ran": ran, "stages": [{k: stage[k] for k in ("trained", "at_once", "train_seconds")} for stage in stages],
@@ -279,15 +280,6 @@ def _find_installed_templates() -> None:
     known = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
     if (shared / "nbconvert" / "templates").is_dir() and str(shared) not in known:
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(shared), *known]))
-
-
-def _spec_of(cache, key: str):
-    """The spec a cached run was trained from, read from its record (checked again by `get`)."""
-    from ..runs.directory import read_run_record
-    from ..spec import RunSpec
-
-    record = read_run_record(cache.folder / key[:16])
-    return RunSpec.from_value(record["inputs"]) if record else None
 
 
 def _side_by_side(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
@@ -320,6 +312,7 @@ def _side_by_side(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
         return {"error": f"failed side by side: {', '.join(failed)}"}
     gaps = [abs(alone.get(run.spec).history["test_accuracy"].iloc[-1]
                 - together.get(run.spec).history["test_accuracy"].iloc[-1]) for run in sample]
+    shutil.rmtree(scratch)  # its own two caches of weights, measured
     return {"runs": len(sample), "epochs": sample[0].spec.recipe.epochs, "at_once": at_once,
             "one_after_another_seconds": round(serial, 1), "side_by_side_seconds": round(side_by_side, 1),
             "speed_up": round(serial / side_by_side, 2), "largest_accuracy_gap": round(max(gaps), 3)}

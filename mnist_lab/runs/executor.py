@@ -47,14 +47,15 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
     "train_seconds"}. `frozen`: how many more distinct runs the notebooks read from frozen/, and
     `read` how many they read in all (the plan's line says both). `runs_per_gpu`: how many CUDA
     runs train at once (default `side_by_side.runs_per_gpu`: under MPS as many as the GPU holds)."""
-    from .side_by_side import runs_per_gpu as choose, train_side_by_side
+    from .side_by_side import mps_running, runs_per_gpu as choose, train_side_by_side
 
     by_key = distinct(planned)
     missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec)]
     at_once = 1 if address else choose(cache, [run.spec for run in missing], runs_per_gpu)
     from_frozen = f"{frozen} frozen, " if frozen else ""
     side_by_side = f", {at_once} at a time on the GPU" if at_once > 1 else ""
-    if at_once == 1 and runs_per_gpu is None and len(missing) > 1 and missing[0].spec.device == "cuda":
+    if at_once == 1 and runs_per_gpu is None and len(missing) > 1 and missing[0].spec.device == "cuda" \
+            and not mps_running():
         side_by_side = ", one at a time (no MPS daemon: `nvidia-cuda-mps-control -d` lets several share the GPU)"
     printer(f"runs: {len(planned) if read is None else read} read by the notebooks, {len(by_key) + frozen} distinct, "
             f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{side_by_side}"
