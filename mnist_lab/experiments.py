@@ -149,12 +149,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         # test accuracy from epoch 2 on (99.38% vs 98.88%) points to none.
         Experiment("mobilenet", model="mobilenet", optimizer="adam", lr=1e-3, epochs=5),
         # Table 4: AdamW with a tenfold learning-rate drop every 3 epochs. The report is silent
-        # on the ViT's augmentation and batch size; flip and rotation at batch 64, as its CNN
-        # section words it, is the Q3 notebook's calibration study's choice
-        # (results.calibration.STUDIES["vit"]; its notebook says in bold if the study ever names
-        # another): unlike Table 2, whose numbers match rotation alone.
+        # on the ViT's augmentation and batch size; rotation alone at batch 64 is the Q3
+        # notebook's calibration study's choice (results.calibration.STUDIES["vit"]; its notebook
+        # says in bold if the study ever names another). Flip and rotation, as the report's CNN
+        # section words it, follows Table 4's curves more closely but ends further from
+        # its final test accuracy, and the headline decides.
         Experiment("vit", model="vit", optimizer="adamw", lr=1e-3, epochs=10, weight_decay=1e-4,
-                   lr_step=3, lr_gamma=0.1, augmentation=Augmentation(hflip=True, max_rotation=10.0)),
+                   lr_step=3, lr_gamma=0.1, augmentation=ROTATE),
     ]
 }
 

@@ -27,7 +27,7 @@ from conftest import train_run
 
 
 def test_a_name_is_a_label_two_spellings_of_one_recipe_are_one_run():
-    spelled_out = get_experiment("vit[batch_size=64,hflip=true,max_rotation=10.0]")
+    spelled_out = get_experiment("vit[batch_size=64,hflip=false,max_rotation=10.0]")
     assert spelled_out.name != "vit"
     assert RunSpec.of(spelled_out, 0, device="cpu").key == RunSpec.of(get_experiment("vit"), 0, device="cpu").key
     assert RunSpec.of(get_experiment("vit"), 1, device="cpu").key != RunSpec.of(get_experiment("vit"), 0, device="cpu").key
@@ -71,29 +71,42 @@ def test_the_full_plan_before_any_run_is_the_report_and_the_screens():
 # ---- one decision ------------------------------------------------------------------------------------
 
 
-def _runs(offsets: list[float], model: str = "vit") -> list[Run]:
-    """Runs whose every column is the report's plus an offset (one run per offset)."""
+def _runs(offsets: list[float], model: str = "vit", final: list[float] | None = None) -> list[Run]:
+    """Runs whose every column is the report's plus an offset (one run per offset); `final`, if
+    given, sets each run's last test accuracy that far from the report's instead."""
     table = np.array(REPORT_TABLES[model])
     runs = []
-    for offset in offsets:
+    for index, offset in enumerate(offsets):
         history = pd.DataFrame(table + offset, columns=["train_loss", "train_accuracy", "test_accuracy"])
+        if final is not None:
+            history.loc[len(history) - 1, "test_accuracy"] = table[-1, 2] + final[index]
         runs.append(Run(directory=None, config={}, history=history, metrics={}, predictions=None, environment={}))
     return runs
 
 
-def test_one_function_decides_both_studies():
+def test_one_function_decides_both_studies_by_the_headline():
     vit = calibration.STUDIES["vit"]
-    baseline, flip = "rotation ±10°", "flip + rotation ±10°"
-    confirmed = {baseline: _runs([1.0, 1.1, 0.9]), flip: _runs([0.1, 0.12, 0.08]), "rotation ±20°": _runs([2, 2, 2])}
+    baseline, flip, wider = "rotation ±10°", "flip + rotation ±10°", "rotation ±20°"
+    # flip + rotation follows every epoch but the last exactly and ends a point below the report's
+    # final test accuracy; rotation ±10° is off everywhere by a tenth: the headline decides.
+    confirmed = {flip: _runs([0, 0, 0], final=[-1.0, -1.1, -0.9]), baseline: _runs([0.1, 0.12, 0.08]),
+                 wider: _runs([0.5, 0.55, 0.45])}
     decision = calibration.decide(vit, confirmed)
-    assert (decision.closest, decision.other, decision.clearly, decision.winner) == (flip, baseline, True, flip)
-    assert decision.in_use == flip and decision.settled  # `vit` trains flip + rotation
-    # Within the seeds' spread: not clearly closer, so the baseline keeps its place, and the
-    # experiment (flip + rotation) is not the winner: the notebook says so in bold.
-    close = {baseline: _runs([0.2, 0.5, 0.1]), flip: _runs([0.1, 0.4, 0.3])}
-    decision = calibration.decide(vit, close)
-    assert (decision.clearly, decision.winner, decision.settled) == (False, baseline, False)
-    assert "not the winner rotation ±10°" in decision.sentence(vit)
+    assert calibration.ranked(confirmed, "vit")[0] == flip  # the curves' score would pick flip + rotation
+    assert (decision.closest, decision.other, decision.clearly, decision.winner) == (baseline, wider, True, baseline)
+    assert decision.ranking == [baseline, wider, flip] and decision.closest_curves == flip
+    assert decision.in_use == baseline and decision.settled  # `vit` trains rotation ±10°
+    assert decision.sentence(vit) == ("Closest to Table 4's final test accuracy (98.90%): rotation ±10°, clearly "
+                                      "closer than rotation ±20° (closest by the curves: flip + rotation ±10°). "
+                                      "The vit experiment trains it.")
+    # A candidate closer to the headline beyond the seeds' spread wins over the baseline, and the
+    # experiment (rotation ±10°) is then not the winner: the notebook says so in bold.
+    decision = calibration.decide(vit, {baseline: _runs([0.5, 0.6, 0.4]), wider: _runs([0.1, -0.1, 0.05])})
+    assert (decision.closest, decision.other, decision.clearly, decision.winner) == (wider, baseline, True, wider)
+    assert not decision.settled and "not the winner rotation ±20°" in decision.sentence(vit)
+    # Within the seeds' spread: not clearly closer, so the baseline keeps its place.
+    decision = calibration.decide(vit, {baseline: _runs([0.2, 0.5, 0.1]), wider: _runs([0.1, 0.3, 0.2])})
+    assert (decision.closest, decision.clearly, decision.winner, decision.settled) == (wider, False, baseline, True)
     # Table 1 names no baseline: the closest must beat the runner-up, or there is no winner.
     table1 = calibration.STUDIES["basic_cnn"]
     decision = calibration.decide(table1, {"batch 64": _runs([1, 1.2, 0.8], "basic_cnn"),
@@ -102,6 +115,17 @@ def test_one_function_decides_both_studies():
     assert (decision.closest, decision.other, decision.clearly, decision.winner) == \
         ("batch 128", "batch 256", True, "batch 128")
     assert decision.in_use == "batch 128" and decision.settled
+    decision = calibration.decide(table1, {"batch 64": _runs([0.2, 0.5, 0.1], "basic_cnn"),
+                                           "batch 128": _runs([0.1, 0.4, 0.3], "basic_cnn")})
+    assert (decision.clearly, decision.winner, decision.settled) == (False, None, False)
+    assert "so the study names no winner" in decision.sentence(table1)
+
+
+def test_the_confirmed_table_puts_the_headline_first():
+    frame = calibration.table({"rotation ±10°": _runs([0.1, 0.3], final=[-0.1, -0.3])}, "vit", headline=True)
+    assert list(frame.columns[3:6]) == ["Final Test Acc.", "Headline Gap", "RMS Loss"]
+    assert frame.loc[0, "Final Test Acc."] == "98.70 ± 0.14" and frame.loc[0, "Headline Gap"] == "0.20 ± 0.14"
+    assert "Final Test Acc." not in calibration.table({"rotation ±10°": _runs([0.1])}, "vit")  # a screen's
 
 
 def test_a_screen_passes_the_closest_and_the_baseline_on():
@@ -114,7 +138,7 @@ def test_a_screen_passes_the_closest_and_the_baseline_on():
 def test_recipe_words_come_from_the_recipe():
     assert describe_augmentation(EXPERIMENTS["cnn"].augmentation) == "random rotations of up to ±10°"
     assert describe_augmentation(EXPERIMENTS["mobilenet"].augmentation) == "no augmentation"
-    assert describe(EXPERIMENTS["vit"]).endswith("in batches of 64, random horizontal flips and rotations of up to ±10°")
+    assert describe(EXPERIMENTS["vit"]).endswith("in batches of 64, random rotations of up to ±10°")
 
 
 # ---- on the smoke build (one papermill run of every notebook per session) ------------------------------

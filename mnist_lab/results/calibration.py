@@ -4,13 +4,21 @@ A study is declared once, here (`STUDIES`): its candidates, its screening and it
 The runner plans its runs from this declaration (`workbook.plan`), and the notebook presents it
 with one call (`Workbook.study`); `decide` is the one function that decides.
 
-The distance, fixed before any candidate was compared: for each column of the report's table
-(training loss, training accuracy, test accuracy), the root mean square over the epochs of
-(ours − the report's); per run, then mean ± standard deviation over the seeds. One number ranks
-the candidates: the score, RMS loss in hundredths plus RMS training accuracy plus RMS test
-accuracy in percentage points, so that a loss 0.01 off counts as much as an accuracy 1 point
-off. A candidate is *clearly* closer than another when its mean score plus one standard
-deviation is below the other's mean score minus one.
+Two distances, fixed before any candidate was compared:
+- the curves: for each column of the report's table (training loss, training accuracy, test
+  accuracy), the root mean square over the epochs of (ours − the report's); one score adds RMS
+  loss in hundredths to both RMS accuracies in percentage points, so that a loss 0.01 off counts
+  as much as an accuracy 1 point off;
+- the headline: how far the final test accuracy lies from the report's, |ours − the report's|
+  in points.
+Each is taken per run, then mean ± standard deviation over the seeds.
+
+The headline decides, the curves screen. A report's headline is its final test accuracy, and a
+recipe that follows the curves but misses the headline reproduces the wrong thing (the ViT with
+mirrored digits did exactly that). A screen stops after a few epochs, before there is a final
+accuracy to compare, so it ranks by the curves' score over the epochs it has. A candidate is
+*clearly* closer than another when its mean distance plus one standard deviation is below the
+other's mean minus one.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import pandas as pd
 
 from ..experiments import get_experiment
 from ..runs import Run
-from .reference import REPORT_TABLES, REPORT_TABLE_NAMES
+from .reference import REPORT_TABLES, REPORT_TABLE_NAMES, report_final_test_accuracy
 from .tables import by_epoch
 
 COLUMNS = {"train_loss": "Loss", "train_accuracy": "Train Accuracy", "test_accuracy": "Test Accuracy"}
@@ -56,12 +64,13 @@ class Study:
 
 @dataclass(frozen=True)
 class Decision:
-    ranking: list[str]  # the confirmed candidates, closest first
+    ranking: list[str]  # the confirmed candidates, closest to the headline first
     closest: str
     other: str  # what the closest was compared with: the baseline, or the runner-up
     clearly: bool  # closer beyond the seed-to-seed spread (the rule in this module's doc)
     winner: str | None  # the closest if clearly closer; else the baseline, if any
     in_use: str | None  # the candidate the experiment trains now
+    closest_curves: str  # the confirmed candidate whose curves are closest (it may not be `closest`)
 
     @property
     def settled(self) -> bool:
@@ -69,8 +78,11 @@ class Decision:
         return self.winner is not None and self.winner == self.in_use
 
     def sentence(self, study: Study) -> str:
-        verdict = (f"Closest to {REPORT_TABLE_NAMES[study.model]}: {self.closest}, "
+        verdict = (f"Closest to {REPORT_TABLE_NAMES[study.model]}'s final test accuracy "
+                   f"({report_final_test_accuracy(study.model):.2f}%): {self.closest}, "
                    f"{'clearly' if self.clearly else 'not clearly'} closer than {self.other}")
+        if self.closest_curves != self.closest:
+            verdict += f" (closest by the curves: {self.closest_curves})"
         if self.settled:
             return f"{verdict}. The {study.experiment} experiment trains it."
         trains = self.in_use or "none of the candidates"
@@ -80,21 +92,22 @@ class Decision:
 
 
 def decide(study: Study, confirmed: dict[str, list[Run]]) -> Decision:
-    """The study's decision from its confirmed candidates' runs: rank by mean score; the closest
-    wins if it is clearly closer than the baseline (or, without one, than the runner-up)."""
-    ranking = ranked(confirmed, study.model)
-    closest = ranking[0]
+    """The study's decision from its confirmed candidates' runs: rank by the mean headline gap;
+    the closest wins if it is clearly closer than the baseline (or, without one, than the runner-up)."""
+    gaps = {label: headline_gaps(runs, study.model) for label, runs in confirmed.items()}
+    ranking = sorted(gaps, key=lambda label: gaps[label].mean())
+    closest, closest_curves = ranking[0], ranked(confirmed, study.model)[0]
     if len(ranking) == 1:
-        return Decision(ranking, closest, closest, False, None, study.in_use())
+        return Decision(ranking, closest, closest, False, None, study.in_use(), closest_curves)
     other = study.baseline if study.baseline and study.baseline != closest else ranking[1]
-    clearly = clearly_closer(confirmed[closest], confirmed[other], study.model)
+    clearly = clearly_below(gaps[closest], gaps[other])
     winner = closest if clearly else study.baseline
-    return Decision(ranking, closest, other, clearly, winner, study.in_use())
+    return Decision(ranking, closest, other, clearly, winner, study.in_use(), closest_curves)
 
 
 def finalists(study: Study, screened: dict[str, list[Run]]) -> list[str]:
-    """The labels a screen passes on to the full schedule: the closest `study.finalists`, and
-    the baseline if it is not among them."""
+    """The labels a screen passes on to the full schedule: the `study.finalists` whose curves
+    are closest, and the baseline if it is not among them."""
     best = ranked(screened, study.model)[: study.finalists]
     return best + [study.baseline] * bool(study.baseline and study.baseline not in best)
 
@@ -139,7 +152,14 @@ def distances(run: Run, model: str) -> np.ndarray:
 
 
 def scores(runs: list[Run], model: str) -> np.ndarray:
+    """Per run, the curves' score (this module's doc)."""
     return np.array([distances(run, model) @ SCORE_WEIGHTS for run in runs])
+
+
+def headline_gaps(runs: list[Run], model: str) -> np.ndarray:
+    """Per run, |its final test accuracy − the report's| in points."""
+    final = report_final_test_accuracy(model)
+    return np.array([abs(run.history["test_accuracy"].iloc[-1] - final) for run in runs])
 
 
 def screening(name: str, epochs: int) -> str:
@@ -159,27 +179,30 @@ def _spread(values: np.ndarray, digits: int) -> str:
     return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
 
 
-def table(candidates: dict[str, list[Run]], model: str) -> pd.DataFrame:
-    """One row per candidate: each column's RMS distance and the score, mean ± std over seeds."""
+def table(candidates: dict[str, list[Run]], model: str, headline: bool = False) -> pd.DataFrame:
+    """One row per candidate, mean ± std over seeds: with `headline`, the final test accuracy and
+    its gap to the report's first; then each column's RMS distance and the curves' score."""
     rows = []
     for label, runs in candidates.items():
         per_run = np.array([distances(run, model) for run in runs])
-        rows.append({"Recipe": label, "Seeds": len(runs), "Epochs": len(runs[0].history),
-                     "RMS Loss": _spread(per_run[:, 0], 3), "RMS Train Acc.": _spread(per_run[:, 1], 2),
-                     "RMS Test Acc.": _spread(per_run[:, 2], 2), "Score": _spread(scores(runs, model), 2)})
+        row = {"Recipe": label, "Seeds": len(runs), "Epochs": len(runs[0].history)}
+        if headline:
+            final = np.array([run.history["test_accuracy"].iloc[-1] for run in runs])
+            row |= {"Final Test Acc.": _spread(final, 2), "Headline Gap": _spread(headline_gaps(runs, model), 2)}
+        rows.append(row | {"RMS Loss": _spread(per_run[:, 0], 3), "RMS Train Acc.": _spread(per_run[:, 1], 2),
+                           "RMS Test Acc.": _spread(per_run[:, 2], 2), "Curves Score": _spread(scores(runs, model), 2)})
     return pd.DataFrame(rows)
 
 
 def ranked(candidates: dict[str, list[Run]], model: str) -> list[str]:
-    """The candidates' labels, closest first (by mean score)."""
+    """The candidates' labels, closest curves first (by mean score)."""
     return sorted(candidates, key=lambda label: scores(candidates[label], model).mean())
 
 
-def clearly_closer(a: list[Run], b: list[Run], model: str) -> bool:
-    """Whether `a` is closer than `b` beyond the seed-to-seed spread (the rule above)."""
-    sa, sb = scores(a, model), scores(b, model)
-    spread = lambda s: s.std(ddof=1) if len(s) > 1 else 0.0  # noqa: E731
-    return sa.mean() + spread(sa) < sb.mean() - spread(sb)
+def clearly_below(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether distances `a` are below `b` beyond the seed-to-seed spread (the rule above)."""
+    spread = lambda d: d.std(ddof=1) if len(d) > 1 else 0.0  # noqa: E731
+    return bool(a.mean() + spread(a) < b.mean() - spread(b))
 
 
 def figure(candidates: dict[str, list[Run]], model: str, title: str) -> plt.Figure:

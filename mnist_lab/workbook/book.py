@@ -169,7 +169,7 @@ class Workbook(Outputs):
         else:
             labels = list(study.names)
         confirmed = load(confirmation_runs(study, labels, seeds, self.profile, self.device))
-        display(self.table(calibration.table(confirmed, study.model), f"{name}_calibration"))
+        display(self.table(calibration.table(confirmed, study.model, headline=True), f"{name}_calibration"))
         figure = self.figure(calibration.figure(confirmed, study.model, study.title), f"{name}_calibration")
         display(figure)
         plt.close(figure)  # shown once, here, before the decision
@@ -177,6 +177,7 @@ class Workbook(Outputs):
         prefix = macro_prefix(name)
         self.macro(f"{prefix}ClosestRecipe", decision.closest)
         self.macro(f"{prefix}RunnerUpRecipe", decision.other)
+        self.macro(f"{prefix}CurvesClosestRecipe", decision.closest_curves)
         self.macro(f"{prefix}ClearlyCloser", "clearly" if decision.clearly else "not clearly")
         self.macro(f"{prefix}Recipe", decision.in_use or "none of the candidates")
         self.macro(f"{prefix}CalibrationSeeds", len(seeds))
