@@ -168,6 +168,7 @@ class Workbook(Outputs):
             labels = calibration.finalists(study, screened)
         else:
             labels = list(study.names)
+        labels = [label for label in study.names if label in labels]  # shown in the declared order, as screened
         confirmed = load(confirmation_runs(study, labels, seeds, self.profile, self.device))
         display(self.table(calibration.table(confirmed, study.model, headline=True), f"{name}_calibration"))
         figure = self.figure(calibration.figure(confirmed, study.model, study.title), f"{name}_calibration")
