@@ -65,6 +65,8 @@ def test_a_code_change_marks_the_frozen_runs_it_touches_naming_the_file(frozen_s
     assert any(not item.differences for item in stand_ins)  # the basic CNN's study: unchanged code, unmarked
     line = frozen_runs.summary(list(stand_ins))
     assert f"{len(marked)} no longer match: mnist_lab/models/vit.py differ" in line
+    with pytest.raises(LabError, match=r"vit\[.*\] seed \d is not in the run cache .* nor frozen with this code"):
+        notebooks.freeze("smoke")  # a frozen run of other code is never frozen again as this code's
 
 
 def test_a_changed_study_declaration_fails_naming_the_commands(frozen_smoke, monkeypatch):
@@ -103,6 +105,20 @@ def test_freeze_refuses_a_missing_run_and_uncommitted_code(smoke_artifacts, tmp_
     with pytest.raises(LabError, match=r"trained from uncommitted code \(mnist_lab/train.py is not as in commit"):
         notebooks.freeze("smoke")
     assert not (tmp_path / "frozen").exists()
+
+
+def test_freezing_again_trains_nothing_already_frozen_and_refuses_what_is_not(frozen_smoke, monkeypatch):
+    files = lambda: {p.relative_to(frozen_smoke): p.read_bytes() for p in frozen_smoke.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    notebooks.freeze("smoke")  # an empty run cache: every run comes from its frozen twin of the same key
+    assert files() == before
+    table1 = calibration.STUDIES["basic_cnn"]  # a candidate added: only its runs are missing
+    monkeypatch.setitem(calibration.STUDIES, "basic_cnn", calibration.Study(
+        table1.experiment, (*table1.candidates, ("batch 32", "basic_cnn[batch_size=32]")), table1.title))
+    with pytest.raises(LabError, match=r"basic_cnn\[batch_size=32\] seed 0 is not in the run cache "
+                                       r"\(not trained yet\) nor frozen with this code"):
+        notebooks.freeze("smoke")
+    assert files() == before
 
 
 def test_a_build_reads_the_frozen_studies_and_says_so(frozen_smoke, capsys):

@@ -130,9 +130,13 @@ def test_the_confirmed_table_puts_the_headline_first():
 
 def test_a_screen_passes_the_closest_and_the_baseline_on():
     vit = calibration.STUDIES["vit"]
-    screened = {label: _runs([offset] * 3) for label, offset in
-                zip(vit.names, [3.0, 0.5, 0.1, 2.0])}  # rotation ±20° closest, then flip + rotation
-    assert calibration.finalists(vit, screened) == ["rotation ±20°", "flip + rotation ±10°", "rotation ±10°"]
+    screen = lambda offsets: {label: _runs([offset] * 3) for label, offset in zip(vit.names, offsets)}  # noqa: E731
+    # The baseline (rotation ±10°) farthest off: the closest three, and the baseline too.
+    assert calibration.finalists(vit, screen([3.0, 0.5, 0.1, 2.0])) == [
+        "rotation ±20°", "flip + rotation ±10°", "rotation ±10°, batch 128", "rotation ±10°"]
+    # The baseline among the closest three: the one farthest off stays behind.
+    assert calibration.finalists(vit, screen([0.3, 0.5, 0.1, 2.0])) == [
+        "rotation ±20°", "rotation ±10°", "flip + rotation ±10°"]
 
 
 def test_recipe_words_come_from_the_recipe():

@@ -123,25 +123,19 @@ def summary(frozen: list[Frozen]) -> str:
 
 
 def freeze(profile: str, runs: list, cache, declaration: dict) -> Path:
-    """Write the study runs `runs` (Planned) from `cache` into frozen/<profile>/, as a whole.
+    """Write the study runs `runs` (Planned) into frozen/<profile>/, as a whole: each from `cache`,
+    or, if the cache lacks it, from frozen/<profile>/ itself where a run with its very key is
+    frozen there already (so a study that gains a candidate trains only the new runs).
 
-    Refused, with nothing written, if a run is missing from the cache, or was trained from code
-    that was not committed: its record's commit must hold every file of its code as the run
-    hashed it."""
+    Refused, with nothing written, if a run is in neither, or was trained from code that was not
+    committed: its record's commit must hold every file of its code as the run hashed it."""
     chosen = {}
     for planned in runs:
-        directory = cache.directory(planned.spec)
-        problems = cache.problems(planned.spec)
-        if problems:
-            raise LabError(f"{planned.name} is not in the run cache ({problems[0]}); train the studies first: "
-                           f"`mnist-lab run --profile {profile} --studies train`")
-        record = read_run_record(directory)
-        _check_committed(planned.name, record)
-        chosen[planned.spec.key] = (planned, directory)
+        chosen[planned.spec.key] = (planned, _source(profile, planned, cache))
     target = folder(profile)
     target.parent.mkdir(parents=True, exist_ok=True)
     names: dict[str, dict[str, str]] = {}
-    with atomic_dir(target) as staging:
+    with atomic_dir(target) as staging:  # the old folder stays readable until the new one replaces it
         for key, (planned, directory) in chosen.items():
             (staging / key[:KEY_LENGTH]).mkdir()
             for name in FILES:
@@ -151,6 +145,20 @@ def freeze(profile: str, runs: list, cache, declaration: dict) -> Path:
         write_json(staging / INDEX, names)
         write_json(staging / STUDIES, declaration)
     return target
+
+
+def _source(profile: str, planned, cache) -> Path:
+    """Where `planned`'s run is frozen from: the run cache, else its frozen twin of the same key."""
+    problems = cache.problems(planned.spec)
+    if not problems:
+        directory = cache.directory(planned.spec)
+        _check_committed(planned.name, read_run_record(directory))
+        return directory
+    twin = find(profile, planned.label, planned.spec)
+    if twin is not None and not twin.differences:
+        return twin.directory  # checked when it was frozen; its files are as its record says (`find`)
+    raise LabError(f"{planned.name} is not in the run cache ({problems[0]}) nor frozen with this code; train the "
+                   f"studies first: `mnist-lab run --profile {profile} --studies train`")
 
 
 def _check_committed(name: str, record: dict) -> None:

@@ -263,15 +263,16 @@ def study_seeds(profile: str, parameters: dict | None = None, shared: dict | Non
 
 
 def freeze(profile: str) -> Path:
-    """`mnist-lab freeze`: the studies' runs, as the notebooks read them, from the run cache into
-    frozen/<profile>/ with the declaration they were chosen by."""
+    """`mnist-lab freeze`: the studies' runs, as the notebooks read them, from the run cache (or
+    frozen/ itself, for a run frozen there with the same key) into frozen/<profile>/ with the
+    declaration they were chosen by."""
     from ..profiles import get_profile
     from ..runs import for_profile
     from ..runs import frozen as frozen_runs
     from .plan import study_declaration
 
     with_studies = [name for name in available() if _reads_studies(name)]
-    plan = plan_runs(with_studies, profile=profile, studies="train")
+    plan = plan_runs(with_studies, profile=profile, studies="frozen")
     if plan.later:
         raise LabError(f"{', '.join(plan.later)} is not trained yet: run `mnist-lab run --profile {profile} "
                        "--studies train` first")
