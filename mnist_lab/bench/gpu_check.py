@@ -56,7 +56,8 @@ CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
 }
 # Seconds on one H200, as measured there on 2026-12-04 (docs/performance.md) and rounded up; the
 # suite, eager and faithful-fp32 from the 2-core CPU's suite time and the 2026-11-26 calls. The
-# notebooks' 323 s plus 3 ViT confirmations since (the study's third finalist, ~16 s each alone).
+# notebooks' 323 s plus 3 ViT confirmations since (the study's third finalist; the graphs phase trained the
+# ViT alone in 17.4 s).
 ESTIMATES = {"device-tests": 45, "notebooks": 380, "side-by-side": 100, "graphs": 45, "tf32": 45, "seeds": 80,
              "deterministic": 10, "suite": 400, "eager": 175, "faithful-fp32": 185}
 SMOKE_ESTIMATES = {"notebooks": 100, "side-by-side": 40}  # the smoke profile's subsets
