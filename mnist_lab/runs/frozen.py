@@ -62,7 +62,16 @@ def index(profile: str) -> dict:
 
 def find(profile: str, name: str, spec: RunSpec) -> Frozen | None:
     """The frozen run of `name` seed `spec.seed`, if one was frozen and its files are whole."""
-    key = (index(profile).get(name) or {}).get(str(spec.seed))
+    return _read(profile, (index(profile).get(name) or {}).get(str(spec.seed)), spec)
+
+
+def twin(profile: str, spec: RunSpec) -> Frozen | None:
+    """The run frozen with `spec`'s very key, under whichever name (a smoke screen and its
+    confirmation can be one recipe), if its files are whole."""
+    return _read(profile, spec.key, spec)
+
+
+def _read(profile: str, key, spec: RunSpec) -> Frozen | None:
     if not isinstance(key, str) or len(key) < KEY_LENGTH or not key.isalnum():
         return None
     directory = folder(profile) / key[:KEY_LENGTH]
@@ -154,9 +163,9 @@ def _source(profile: str, planned, cache) -> Path:
         directory = cache.directory(planned.spec)
         _check_committed(planned.name, read_run_record(directory))
         return directory
-    twin = find(profile, planned.label, planned.spec)
-    if twin is not None and not twin.differences:
-        return twin.directory  # checked when it was frozen; its files are as its record says (`find`)
+    frozen = twin(profile, planned.spec)
+    if frozen is not None:
+        return frozen.directory  # checked when it was frozen; its files are as its record says (`_read`)
     raise LabError(f"{planned.name} is not in the run cache ({problems[0]}) nor frozen with this code; train the "
                    f"studies first: `mnist-lab run --profile {profile} --studies train`")
 
