@@ -132,9 +132,9 @@ def summary(frozen: list[Frozen]) -> str:
 
 
 def freeze(profile: str, runs: list, cache, declaration: dict) -> Path:
-    """Write the study runs `runs` (Planned) into frozen/<profile>/, as a whole: each from `cache`,
-    or, if the cache lacks it, from frozen/<profile>/ itself where a run with its very key is
-    frozen there already (so a study that gains a candidate trains only the new runs).
+    """Write the study runs `runs` (Planned) into frozen/<profile>/, as a whole: each as frozen there
+    already where a run with its very key is (so a study that gains a candidate trains only the new
+    runs, and a record frozen once stays as it is), else from `cache`.
 
     Refused, with nothing written, if a run is in neither, or was trained from code that was not
     committed: its record's commit must hold every file of its code as the run hashed it."""
@@ -157,17 +157,17 @@ def freeze(profile: str, runs: list, cache, declaration: dict) -> Path:
 
 
 def _source(profile: str, planned, cache) -> Path:
-    """Where `planned`'s run is frozen from: the run cache, else its frozen twin of the same key."""
-    problems = cache.problems(planned.spec)
-    if not problems:
-        directory = cache.directory(planned.spec)
-        _check_committed(planned.name, read_run_record(directory))
-        return directory
+    """Where `planned`'s run is frozen from: its frozen twin of the same key, else the run cache."""
     frozen = twin(profile, planned.spec)
     if frozen is not None:
         return frozen.directory  # checked when it was frozen; its files are as its record says (`_read`)
-    raise LabError(f"{planned.name} is not in the run cache ({problems[0]}) nor frozen with this code; train the "
-                   f"studies first: `mnist-lab run --profile {profile} --studies train`")
+    problems = cache.problems(planned.spec)
+    if problems:
+        raise LabError(f"{planned.name} is not in the run cache ({problems[0]}) nor frozen with this code; "
+                       f"train the studies first: `mnist-lab run --profile {profile} --studies train`")
+    directory = cache.directory(planned.spec)
+    _check_committed(planned.name, read_run_record(directory))
+    return directory
 
 
 def _check_committed(name: str, record: dict) -> None:
