@@ -4,7 +4,7 @@ A study is declared once, here (`STUDIES`): its candidates, its screening and it
 The runner plans its runs from this declaration (`workbook.plan`), and the notebook presents it
 with one call (`Workbook.study`); `decide` is the one function that decides.
 
-Two distances, fixed before any candidate was compared:
+Two distances, per run:
 - the curves: for each column of the report's table (training loss, training accuracy, test
   accuracy), the root mean square over the epochs of (ours − the report's); one score adds RMS
   loss in hundredths to both RMS accuracies in percentage points, so that a loss 0.01 off counts
@@ -18,7 +18,9 @@ recipe that follows the curves but misses the headline reproduces the wrong thin
 mirrored digits did exactly that). A screen stops after a few epochs, before there is a final
 accuracy to compare, so it ranks by the curves' score over the epochs it has. A candidate is
 *clearly* closer than another when its mean distance plus one standard deviation is below the
-other's mean minus one.
+other's mean minus one. The curves' score and the clearly-closer rule were fixed before any
+candidate ran; the headline became the decision after the ViT's runs, which the score alone
+had decided for flip and rotation (the Q3 notebook says so where it presents the study).
 """
 
 from __future__ import annotations
