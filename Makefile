@@ -8,7 +8,7 @@ PROFILE ?= full
 # The calibration studies' runs: read from frozen/ (frozen), or trained here (train).
 STUDIES ?= frozen
 
-.PHONY: setup tex browser report test bench gpu-check clean lab
+.PHONY: setup tex browser report test bench gpu-check gpu-wheels clean lab
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,28 @@ bench: setup
 GPU_PYTHON ?= $(shell test -x $(BIN)/python && echo $(BIN)/python || echo python3)
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) -m mnist_lab.bench.gpu_check $(GPU_CHECK_ARGS)
+
+# For a GPU machine without network that has torch but not the notebooks' packages: those it
+# lacked on an H200 (Python 3.12, torch 2.11), as wheels for its Python at the versions this
+# .venv tests, into wheels/ (about 18 MB). There: pip install --no-index --no-deps --target DIR
+# wheels/*.whl, with DIR on PYTHONPATH (README, "On a GPU").
+GPU_PYTHON_VERSION ?= 3.12
+GPU_WHEELS = papermill nbformat nbclient jupyter-client jupyter-core ipykernel ipython ipython-pygments-lexers \
+  traitlets pyzmq tornado comm debugpy matplotlib-inline nest-asyncio2 jedi parso prompt-toolkit wcwidth \
+  pexpect ptyprocess stack-data executing asttokens pure-eval fastjsonschema jsonschema \
+  jsonschema-specifications referencing rpds-py platformdirs entrypoints tenacity nbconvert bleach tinycss2 \
+  webencodings mistune pandocfilters defusedxml jupyterlab-pygments beautifulsoup4 soupsieve latex2mathml \
+  ipywidgets widgetsnbextension jupyterlab-widgets
+gpu-wheels: setup
+	$(BIN)/python -m pip freeze | $(BIN)/python -c 'import re, sys; wanted = set(sys.argv[1:]); \
+	  print("\n".join(line.strip() for line in sys.stdin if re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() in wanted))' \
+	  $(GPU_WHEELS) > $(VENV)/gpu-wheels.txt
+	@test $$(wc -l < $(VENV)/gpu-wheels.txt) -eq $(words $(GPU_WHEELS)) || \
+	  { echo "gpu-wheels: $(VENV) lacks some of: $(GPU_WHEELS)"; exit 1; }
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+	  -d wheels -r $(VENV)/gpu-wheels.txt
 
 clean:
 	rm -rf artifacts report/build
