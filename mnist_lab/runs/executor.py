@@ -61,29 +61,26 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
             f"{len(by_key) - len(missing)} cached, {from_frozen}{len(missing)} to train{side_by_side}"
             f"{_estimate(cache, missing, at_once)}")
     start = time.perf_counter()
+    failed, where = [], ""
     if missing and address:
         from .. import sweep
 
         failed = sweep.train_on_cluster(missing, cache, address=address, connect_timeout=connect_timeout,
                                         printer=printer)
-        if failed:
-            from ..errors import LabError
-
-            raise LabError(f"{len(failed)} run(s) failed on the cluster: {', '.join(failed)}; the others are "
-                           "in the run cache, and the same command retries the failed ones")
+        where = " on the cluster"
     elif at_once > 1:
         failed = train_side_by_side(cache, missing, at_once, printer)
-        if failed:
-            from ..errors import LabError
-
-            raise LabError(f"{len(failed)} run(s) failed: {', '.join(failed)}; the others are in the run cache, "
-                           "and the same command retries the failed ones")
     elif missing:
         from ..data import load_mnist
 
         data = load_mnist()
         for number, run in enumerate(missing, 1):
             train_here(cache, run, data, printer, f"[{number}/{len(missing)}] ")
+    if failed:
+        from ..errors import LabError
+
+        raise LabError(f"{len(failed)} run(s) failed{where}: {', '.join(failed)}; the others are in the run cache, "
+                       "and the same command retries the failed ones")
     cache.label_all([(run.label, run.spec) for run in planned])
     return {"planned": len(planned), "distinct": len(by_key), "cached": len(by_key) - len(missing),
             "trained": len(missing), "at_once": at_once, "train_seconds": round(time.perf_counter() - start, 2)}
