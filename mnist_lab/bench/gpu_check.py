@@ -329,7 +329,7 @@ def _passed(report: dict) -> bool:
 
 def table(report: dict) -> str:
     """Each phase with its time and what it found; then the runs' final test accuracies beside the report's."""
-    from ..results.reference import REPORT_TABLES
+    from ..results.reference import REPORT_TABLES, report_final_test_accuracy
 
     mps = {True: ", MPS on", False: ", no MPS"}.get(report.get("mps"), "")
     lines = [f"{report['device']}, torch {report['torch']}, CUDA {report['cuda']}{mps}: "
@@ -340,7 +340,7 @@ def table(report: dict) -> str:
         seconds = f"{phase['seconds']:>8.0f}" if "seconds" in phase else f"{'-':>8}"
         lines.append(f"{key:<14} {seconds}  {_summary(key, phase)}")
     lines += ["", f"{'test accuracy %':<22}" + "".join(f"{name:>10}" for name in SCHEDULE)]
-    rows = [("report (Tables 1-4)", {name: table[-1][2] for name, table in REPORT_TABLES.items()})]
+    rows = [("report (Tables 1-4)", {name: report_final_test_accuracy(name) for name in REPORT_TABLES})]
     notebooks = report.get("notebooks", {})
     if "test_accuracy" in notebooks:
         rows.append((f"notebooks ({report.get('profile', 'full')})", notebooks["test_accuracy"]))
