@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     freeze = commands.add_parser("freeze", help="write the calibration studies' runs from the run cache into frozen/ "
                                                 "(after `run --studies train`)")
     freeze.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose runs")
+    rekey = commands.add_parser("rekey", help="move frozen/PROFILE and the profile's run cache to the current "
+                                              "code-hash scheme, without retraining (records of older versions)")
+    rekey.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose runs")
     status.add_argument("--runs", action="store_true",
                         help="list the profile's run cache instead: each run's key, names, settings and freshness")
 
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--profile", choices=PROFILE_NAMES, default="full", help="whose artifacts")
     pack.add_argument("--out", type=Path,
                       help="the archive: a new path or a regular file (default: artifacts/PROFILE.tar.gz)")
+    pack.add_argument("--without-weights", action="store_true",
+                      help="leave the runs' model.pt out: enough for `report` and the pages elsewhere, a fraction "
+                           "of the size; `run` there retrains a run only where a notebook loads its model")
     unpack = commands.add_parser("unpack", help="check a packed profile and put it back under artifacts/, "
                                                 "replacing that profile's")
     unpack.add_argument("archive", type=Path,
@@ -306,10 +312,30 @@ def _freeze(args) -> None:
     print(f"froze the {args.profile} profile's calibration-study runs into {notebooks.freeze(args.profile)}")
 
 
+def _rekey(args) -> None:
+    from .runs import frozen, rekey
+    from .runs.cache import for_profile
+    from .workbook.lock import profile_lock
+
+    folders = {f"frozen/{args.profile}": frozen.folder(args.profile),
+               f"the {args.profile} run cache": for_profile(args.profile).folder}
+    with profile_lock(args.profile, "rekey"):  # the run cache is the profile's: no run writes it meanwhile
+        for name, folder in folders.items():
+            if not folder.is_dir():
+                continue
+            done = rekey.rekey_folder(folder)
+            print(f"{name}: {len(done.moved)} record(s) moved to code-hash scheme {rekey.SCHEME}, "
+                  f"{len(done.current)} already under it, {len(done.refused)} left as they were")
+            for directory, why in sorted(done.refused.items())[:5]:
+                print(f"    {directory}: {why}")
+
+
 def _pack(args) -> None:
     from .workbook import archive
 
-    print(f"packed the {args.profile} artifacts into {archive.pack(args.profile, args.out)}")
+    packed = archive.pack(args.profile, args.out, weights=not args.without_weights)
+    without = " without the runs' weights" if args.without_weights else ""
+    print(f"packed the {args.profile} artifacts{without} into {packed} ({packed.stat().st_size / 2**20:.1f} MiB)")
 
 
 def _unpack(args) -> None:
@@ -335,7 +361,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     args = args or build_parser().parse_args(argv)
     try:
         {"train": _train, "run": _run, "sweep": _sweep, "status": _status, "report": _report,
-         "pack": _pack, "unpack": _unpack, "bench": _bench, "freeze": _freeze}[args.command](args)
+         "pack": _pack, "unpack": _unpack, "bench": _bench, "freeze": _freeze,
+         "rekey": _rekey}[args.command](args)
     except LabError as error:
         print(f"mnist-lab: error: {error}", file=sys.stderr)
         return 1

@@ -8,3 +8,9 @@ exits non-zero instead of showing a traceback.
 
 class LabError(Exception):
     """A user-facing error whose message says what is wrong and what to do."""
+
+
+def shortlist(items: list[str], shown: int = 3) -> list[str]:
+    """The first `shown` items and "N more": a message names what changed, however much did."""
+    items = list(items)
+    return items if len(items) <= shown + 1 else [*items[:shown], f"{len(items) - shown} more"]

@@ -12,8 +12,20 @@ code the run executes. That code is derived from the package, not listed by hand
   captures no CUDA graph;
 * the modules that decide nothing a run computes (NOT_COMPUTATION).
 
-Python is hashed as its syntax tree without docstrings (the parser drops comments), so a comment
-or a reworded docstring retrains nothing.
+The import graph is followed through training code only: what a module that only names,
+describes or places a run imports (a record reader, say) is not code the run executes.
+
+Python is hashed as a canonical form of its syntax tree without docstrings (`codehash`), the same
+bytes under every interpreter, so a comment or a reworded docstring retrains nothing and a run
+made under Python 3.12 on a GPU machine keeps its key on a CPU machine under 3.11. The record
+names the scheme it was hashed under (`code_scheme`); a record of another scheme is compared
+with nothing and says so in one reason (`differences`).
+
+torch's release is part of a run's value: another release computes other numbers (kernels,
+default algorithms, random streams), so the cache must not hand out a run of torch 2.11 as one
+of 2.14. Its local build label (`+cu130`, `+cpu`) is left out, as are the interpreter, paths and
+the machine's name: none of them changes what a run computes on a given device, and the device is
+in the value.
 """
 
 from __future__ import annotations
@@ -25,7 +37,11 @@ import json
 from pathlib import Path
 
 from . import paths
+from .codehash import LEGACY_SCHEME, SCHEME, code_hash_of
 from .data import MD5
+
+__all__ = ["LEGACY_SCHEME", "SCHEME", "code_hash", "code_hash_of", "code_hashes", "differences", "file_hash",
+           "git_state", "keyed", "run_record", "torch_release", "training_sources"]
 
 TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code,
 RECORDED_AS_INPUTS = {"mnist_lab.experiments"}  # except what a run's value holds as data,
@@ -33,6 +49,7 @@ NOT_COMPUTATION = {  # and what only describes, names, places or schedules a run
     "mnist_lab.errors",  # messages
     "mnist_lab.machine",  # the machine-wide CPU slot: when a run trains, not what it computes
     "mnist_lab.fingerprint",  # this file: a change of the key's recipe changes every key anyway
+    "mnist_lab.codehash",  # how code is hashed: a new scheme is named in every record (SCHEME)
     "mnist_lab.spec",  # the run's value, hashed field by field
     "mnist_lab.profiles",  # a profile's effect on a run (subset, epochs) is in the value
     "mnist_lab.paths",  # where files are; the data's checksums are in the key
@@ -65,27 +82,10 @@ def _by_version(function):
 
 @_by_version
 def code_hash(path: str | Path) -> str:
-    """What a source file does, hashed: a Python file's syntax tree without its docstrings (the
-    parser drops comments), so a comment or a reworded docstring changes no key and stales
-    nothing; any other file, and Python that does not parse, byte for byte."""
+    """What a source file does, hashed under `SCHEME` (`codehash`): a comment or a reworded
+    docstring changes no key and stales nothing."""
     path = Path(path)
     return code_hash_of(path.read_bytes(), path.suffix)
-
-
-def code_hash_of(content: bytes, suffix: str) -> str:
-    """`code_hash` of a file's content (a version of it in git, say), given its suffix."""
-    if suffix != ".py":
-        return hashlib.sha256(content).hexdigest()
-    try:
-        tree = ast.parse(content)
-    except (SyntaxError, ValueError):
-        return hashlib.sha256(content).hexdigest()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def _module_file(module: str) -> Path | None:
@@ -136,7 +136,8 @@ def training_sources(model: str | None = None, *, fast: bool = True, cuda_graphs
         parent = module.rpartition(".")[0]
         if parent and parent != "mnist_lab":
             queue.append(parent)  # importing a.b.c runs a/b/__init__.py
-        queue.extend(_imports(_module_file(module), module) - seen)
+        if module not in RECORDED_AS_INPUTS | NOT_COMPUTATION:  # what they import, a run does not execute
+            queue.extend(_imports(_module_file(module), module) - seen)
     files = set()
     for module in seen - RECORDED_AS_INPUTS - NOT_COMPUTATION:
         path = _module_file(module)
@@ -159,6 +160,13 @@ def code_hashes(model: str | None = None, *, fast: bool = True, cuda_graphs: boo
             for path in training_sources(model, fast=fast, cuda_graphs=cuda_graphs)}
 
 
+def torch_release() -> str:
+    """The installed torch's release, without its build label: "2.14.1" for "2.14.1+cu130"."""
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
 def run_record(value: dict) -> dict:
     """A run's value, the code it executes and the data, with its key (`fingerprint`): the hash
     of the rest. `value` is `RunSpec.value()`, or one read back from a run's record."""
@@ -166,9 +174,57 @@ def run_record(value: dict) -> dict:
     recipe = value.get("recipe") if isinstance(value.get("recipe"), dict) else {}
     model = recipe.get("model") if isinstance(recipe.get("model"), str) else None
     code = code_hashes(model, fast=value.get("fast", True) is not False, cuda_graphs=value.get("cuda_graphs") is True)
-    record = {"inputs": value, "code": code, "data": dict(MD5)}
+    return keyed(value, code, dict(MD5))
+
+
+def keyed(value: dict, code: dict, data: dict, scheme: str = SCHEME) -> dict:
+    """The record of a run's value, code hashes (under `scheme`) and data, with its key: the
+    SHA-256 of the rest as sorted, ASCII JSON, text that no interpreter or host changes."""
+    record = {"inputs": value, "code": code, "code_scheme": scheme, "data": data}
     record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return record
+
+
+def scheme_of(record: dict) -> str:
+    """The code-hash scheme a record was written under (records before schemes had names: the first)."""
+    scheme = record.get("code_scheme")
+    return scheme if isinstance(scheme, str) else LEGACY_SCHEME
+
+
+def differences(then: dict, now: dict, *, hashed_by: str | None = None) -> list[str]:
+    """Why the run record `then` is not `now` (each as `run_record` writes it), one item each:
+
+    * a record hashed under another code-hash scheme: that alone stands for its code (its hashes
+      are not comparable file by file), e.g. "hashed under code-hash scheme ast-dump/1 (Python 3.12.3)";
+    * else each code file whose hash differs, by its path;
+    * each field of the value that differs, as "device (cpu vs cuda)" (the recipe's, field by field);
+    * "the MNIST data".
+
+    Empty: the same key. Every "what changed" of the project (the run cache's staleness, frozen
+    runs, `status`) is this one comparison."""
+    if then.get("fingerprint") == now.get("fingerprint"):
+        return []
+    found = []
+    if scheme_of(then) != scheme_of(now):
+        found.append(f"hashed under code-hash scheme {scheme_of(then)}" + (f" (Python {hashed_by})" if hashed_by else ""))
+    else:
+        then_code, now_code = _mapping(then.get("code")), _mapping(now.get("code"))
+        found += [path for path in sorted({*then_code, *now_code}) if then_code.get(path) != now_code.get(path)]
+    then_inputs, now_inputs = _mapping(then.get("inputs")), _mapping(now.get("inputs"))
+    for field in sorted({*then_inputs, *now_inputs}):
+        before, after = then_inputs.get(field), now_inputs.get(field)
+        if field == "recipe" and isinstance(before, dict) and isinstance(after, dict):
+            found += [f"{name} ({before.get(name)} vs {after.get(name)})" for name in sorted({*before, *after})
+                      if before.get(name) != after.get(name)]
+        elif before != after:
+            found.append(f"{field} ({before} vs {after})")
+    if then.get("data") != now.get("data"):
+        found.append("the MNIST data")
+    return found
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def git_state() -> dict:

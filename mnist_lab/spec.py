@@ -15,7 +15,7 @@ from functools import cached_property
 
 from .augment import Augmentation
 from .experiments import Experiment
-from .fingerprint import run_record
+from .fingerprint import run_record, torch_release
 from .profiles import check_seeds
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -33,6 +33,7 @@ class RunSpec:
     cuda_graphs: bool = False  # a CUDA graph per step (CUDA's fast path only)
     deterministic: bool = False
     threads: int | None = None  # torch's CPU threads: the CPU's reductions round by how they split
+    torch: str = ""  # torch's release (`fingerprint.torch_release`): another release computes other numbers
 
     @classmethod
     def of(cls, experiment: Experiment, seed: int = 0, *, device: str = "auto", precision: str = "auto",
@@ -54,7 +55,8 @@ class RunSpec:
         return cls(recipe=experiment.replace(name=""), seed=seed, device=device_type, precision=precision,
                    limit_train=limit_train, limit_test=limit_test, fast=fast,
                    cuda_graphs=fast and cuda_graphs and device_type == "cuda", deterministic=deterministic,
-                   threads=(threads or torch.get_num_threads()) if device_type == "cpu" else None)
+                   threads=(threads or torch.get_num_threads()) if device_type == "cpu" else None,
+                   torch=torch_release())
 
     def value(self) -> dict:
         """The run as plain data: what its key hashes, and what its record holds."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import paths
 from ..errors import LabError
 from ..files import write_json
-from ..fingerprint import run_record
+from ..fingerprint import differences, run_record
 from ..spec import RunSpec
 from .directory import Run, load_run, read_run_record, run_file_problems, save_run
 
@@ -36,23 +36,24 @@ class RunCache:
     def directory(self, spec: RunSpec) -> Path:
         return self.folder / spec.key[:KEY_LENGTH]
 
-    def get(self, spec: RunSpec) -> Run | None:
+    def get(self, spec: RunSpec, weights: bool = False) -> Run | None:
         """The run of `spec`, if it is here whole: its record's key is the spec's, every file the one
-        the run wrote. Anything else (absent, another key, a cut file) is None: train it."""
+        the run wrote. Anything else (absent, another key, a cut file) is None: train it.
+        `weights`: its model is loaded, so a run packed without weights is not whole."""
         directory = self.directory(spec)
-        if self.problems(spec):
+        if self.problems(spec, weights):
             return None
         return load_run(directory)
 
-    def problems(self, spec: RunSpec) -> list[str]:
-        """Why `get(spec)` finds no run (empty: it does)."""
+    def problems(self, spec: RunSpec, weights: bool = False) -> list[str]:
+        """Why `get(spec, weights)` finds no run (empty: it does)."""
         directory = self.directory(spec)
         if directory.is_symlink() or not directory.is_dir():
             return ["not trained yet"]
         record = read_run_record(directory)
         if record is None or record["fingerprint"] != spec.key:
             return [f"{directory.name} holds another run"]
-        return run_file_problems(directory)
+        return run_file_problems(directory, weights)
 
     def put(self, result) -> Run:
         """Save a finished run under its spec's key, as a whole (an interrupted save leaves the cache
@@ -136,15 +137,26 @@ def staleness(run_directory: Path, fingerprint: str | None = None, name: str | N
         return [f"{name} is missing"]
     if fingerprint is not None and record["fingerprint"] != fingerprint:
         return [f"{name} was retrained"]
-    problems = run_file_problems(run_directory)
+    problems = run_file_problems(run_directory, weights=False)  # what was drawn from it is all there
     if problems:
         return [f"{name}: {problem}" for problem in problems]
     now = run_record(record["inputs"])
     if now["fingerprint"] == record["fingerprint"]:
         return []
-    changed = sorted(path for path in {*record["code"], *now["code"]}
-                     if record["code"].get(path) != now["code"].get(path))
-    reasons = [f"{path} changed (code of {name})" for path in changed]
-    if now["data"] != record["data"]:
+    found = differences(record, now, hashed_by=hashed_by(run_directory))
+    if not found:  # a key that its own fields do not give
+        return [f"{name}'s inputs changed"]
+    reasons = [f"{item} changed (code of {name})" if item.startswith("mnist_lab/") else f"{item} ({name})"
+               for item in found if item != "the MNIST data"]
+    if "the MNIST data" in found:
         reasons.append(f"MNIST data changed ({name})")
-    return reasons or [f"{name}'s inputs changed"]
+    return reasons
+
+
+def hashed_by(run_directory: Path) -> str | None:
+    """The Python a run's record was hashed under, as its environment.json says (None: unknown)."""
+    try:
+        python = json.loads((Path(run_directory) / "environment.json").read_text()).get("python")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return python if isinstance(python, str) and len(python) <= 32 and python.isprintable() else None

@@ -17,6 +17,7 @@ and the weights are read with `weights_only=True`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,9 +54,17 @@ def read_run_record(run_directory: Path) -> dict | None:
     return record
 
 
-def run_file_problems(run_directory: Path) -> list[str]:
+WEIGHTS = "model.pt"
+WEIGHTS_LEFT_OUT = "its weights (model.pt) were left out when it was packed"
+
+
+def run_file_problems(run_directory: Path, weights: bool = True) -> list[str]:
     """What is wrong with a run directory's files against its record: missing, changed since the
-    run, or not a file a run writes. Empty: every file is the one the run wrote."""
+    run, or not a file a run writes. Empty: every file is the one the run wrote.
+
+    `weights=False`: a run packed without its weights (`mnist-lab pack --without-weights`) is whole
+    for what reads only its results (tables, figures, the report); weights that are there must
+    still be the run's own."""
     directory = Path(run_directory)
     record = read_run_record(directory)
     if record is None:
@@ -66,7 +75,9 @@ def run_file_problems(run_directory: Path) -> list[str]:
     problems = []
     for name, digest in sorted(hashes.items()):
         path = directory / name
-        if path.is_symlink() or not path.is_file():
+        if name == WEIGHTS and not os.path.lexists(path):
+            problems += [WEIGHTS_LEFT_OUT] if weights else []
+        elif path.is_symlink() or not path.is_file():
             problems.append(f"{name} is missing")
         elif file_hash(path) != digest:
             problems.append(f"{name} changed since the run")
@@ -132,9 +143,10 @@ class Run:
 
 
 def load_run(directory: str | Path) -> Run:
-    """Read a run directory back, after checking every file against its record."""
+    """Read a run directory back, after checking every file against its record (its weights
+    may have been left out: `load_model` says so where they are needed)."""
     directory = Path(directory)
-    problems = run_file_problems(directory)
+    problems = run_file_problems(directory, weights=False)
     if problems:
         raise LabError(f"the run in {directory} cannot be used: {problems[0]}; train it again")
     read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
@@ -152,6 +164,9 @@ def load_model(run: Run, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained network of a run, in evaluation mode."""
     from ..models import create_model
 
+    if not os.path.lexists(run.directory / WEIGHTS):
+        raise LabError(f"the run in {run.directory} has no weights: {WEIGHTS_LEFT_OUT}; "
+                       "`mnist-lab run` trains it again for the notebooks that load its model")
     experiment = run.config["experiment"]
     model = create_model(experiment["model"], **experiment["model_args"])
     try:

@@ -26,6 +26,7 @@ class Planned:
 
     label: str  # an experiment or a variant: "vit", "vit[batch_size=64,hflip=false,max_rotation=10.0]"
     spec: RunSpec
+    weights: bool = False  # a notebook loads its trained model (not only its results)
 
     @property
     def name(self) -> str:
@@ -50,7 +51,11 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
     from .side_by_side import mps_running, runs_per_gpu as choose, train_side_by_side
 
     by_key = distinct(planned)
-    missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec)]
+    missing = [runs[0] for runs in by_key.values() if cache.problems(runs[0].spec, any(r.weights for r in runs))]
+    for run in missing:
+        if cache.problems(run.spec) == []:  # whole but for the weights an archive left out
+            printer(f"{run.name}: trained again, since a notebook loads its model and its weights were left out "
+                    "when it was packed")
     at_once = 1 if address else choose(cache, [run.spec for run in missing], runs_per_gpu)
     from_frozen = f"{frozen} frozen, " if frozen else ""
     side_by_side = f", {at_once} at a time on the GPU" if at_once > 1 else ""

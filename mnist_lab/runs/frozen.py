@@ -16,17 +16,19 @@ train` trains the studies instead, and `mnist-lab freeze` writes them here again
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
-from ..errors import LabError
+from ..errors import LabError, shortlist
 from ..files import atomic_dir, write_json
+from .. import fingerprint
 from ..fingerprint import code_hash_of, file_hash, run_record
 from ..spec import RunSpec
-from .cache import KEY_LENGTH
+from .cache import KEY_LENGTH, hashed_by
 from .directory import Run, read_run_record
 
 FILES = ("config.json", "history.csv", "metrics.json", "environment.json", "provenance.json")
@@ -83,7 +85,7 @@ def _read(profile: str, key, spec: RunSpec) -> Frozen | None:
 
     run = Run(directory=directory, config=read("config.json"), history=pd.read_csv(directory / "history.csv"),
               metrics=read("metrics.json"), predictions=None, environment=read("environment.json"))
-    return Frozen(directory, record, run, tuple(differences(record, spec)))
+    return Frozen(directory, record, run, tuple(differences(record, spec, directory)))
 
 
 def _file_problems(directory: Path, record: dict) -> list[str]:
@@ -93,25 +95,13 @@ def _file_problems(directory: Path, record: dict) -> list[str]:
     return problems + [f"{p.name} is not a frozen file" for p in directory.iterdir() if p.name not in FILES]
 
 
-def differences(record: dict, spec: RunSpec) -> list[str]:
-    """Why a frozen run is not the run of `spec`: the code files that changed since it was frozen,
-    its value's fields that differ (`device (cpu vs cuda)`), the data. Empty: the same key."""
+def differences(record: dict, spec: RunSpec, directory: Path | None = None) -> list[str]:
+    """Why a frozen run is not the run of `spec` (`fingerprint.differences`): the code files that
+    changed since it was frozen, its value's fields that differ (`device (cpu vs cuda)`), the data.
+    Empty: the same key."""
     if record["fingerprint"] == spec.key:
         return []
-    now = spec.record
-    then_code, now_code = record.get("code") or {}, now["code"]
-    found = [path for path in sorted({*then_code, *now_code}) if then_code.get(path) != now_code.get(path)]
-    then_inputs, now_inputs = record.get("inputs") or {}, now["inputs"]
-    for field in sorted({*then_inputs, *now_inputs}):
-        before, after = then_inputs.get(field), now_inputs.get(field)
-        if field == "recipe" and isinstance(before, dict):
-            found += [f"{name} ({before.get(name)} vs {after.get(name)})" for name in sorted({*before, *after})
-                      if before.get(name) != after.get(name)]
-        elif before != after:
-            found.append(f"{field} ({before} vs {after})")
-    if record.get("data") != now["data"]:
-        found.append("the MNIST data")
-    return found or ["its key"]
+    return fingerprint.differences(record, spec.record, hashed_by=directory and hashed_by(directory)) or ["its key"]
 
 
 def summary(frozen: list[Frozen]) -> str:
@@ -125,7 +115,7 @@ def summary(frozen: list[Frozen]) -> str:
     if not marked:
         return f"{head}, every key matching this code"
     reasons = sorted({reason for item in marked for reason in item.differences})
-    return f"{head}; {len(marked)} no longer match: {' and '.join(reasons)} differ"
+    return f"{head}; {len(marked)} no longer match: {' and '.join(shortlist(reasons))} differ"
 
 
 # ---- writing them -----------------------------------------------------------------------------
@@ -170,19 +160,30 @@ def _source(profile: str, planned, cache) -> Path:
     return directory
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def commit_files(commit, paths_: list[str]) -> dict[str, bytes | None]:
+    """Each of `paths_` as committed in `commit` (None where git has no such file). Both come from
+    a record, so they are checked as data before git sees them: a commit is 40 hex digits, a path a
+    relative one inside the checkout, never text git could take as an option."""
+    if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
+        raise LabError(f"the commit {str(commit)[:50]!r} of a run's record is not 40 hex digits; refused")
+    found = {}
+    for path in paths_:
+        paths.inside(paths.ROOT, path, "code file")  # relative, no `..`: the name of a file of the checkout
+        shown = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=paths.ROOT, capture_output=True)
+        found[path] = shown.stdout if shown.returncode == 0 else None
+    return found
+
+
 def _check_committed(name: str, record: dict) -> None:
     commit = (record.get("git") or {}).get("commit")
     if not commit:
         raise LabError(f"{name} was trained outside a git checkout: only runs of committed code are frozen")
+    committed = commit_files(commit, sorted(record["code"]))
     for path, digest in sorted(record["code"].items()):
-        shown = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=paths.ROOT, capture_output=True)
-        if shown.returncode != 0 or code_hash_of(shown.stdout, Path(path).suffix) != digest:
+        content = committed[path]
+        if content is None or code_hash_of(content, Path(path).suffix) != digest:
             raise LabError(f"{name} was trained from uncommitted code ({path} is not as in commit {commit[:7]}); "
                            "commit the code, train the studies again and freeze them")
-
-
-def stale_record(record: dict) -> list[str]:
-    """For `status`: whether a frozen run still matches the code it recorded (run_record of its value)."""
-    now = run_record(record["inputs"])
-    return [] if now["fingerprint"] == record["fingerprint"] else sorted(
-        path for path in {*record["code"], *now["code"]} if record["code"].get(path) != now["code"].get(path))

@@ -30,6 +30,7 @@ from .. import paths
 from ..errors import LabError
 from ..files import atomic_dir, atomic_path
 from ..profiles import get_profile
+from ..runs.directory import WEIGHTS
 from . import provenance
 from .lock import profile_lock
 
@@ -51,14 +52,20 @@ CHUNK = 1024**2
 # ---- pack ---------------------------------------------------------------------------------------
 
 
-def pack(profile: str, out: Path | None = None) -> Path:
-    """Write the profile's artifacts and their manifest into one .tar.gz; returns its path."""
+def pack(profile: str, out: Path | None = None, weights: bool = True) -> Path:
+    """Write the profile's artifacts and their manifest into one .tar.gz; returns its path.
+
+    `weights=False` leaves every run's model.pt out: most of a GPU's archive, and nothing the
+    report or the pages read. Such runs are whole for reading results; `mnist-lab run` trains one
+    again only where a notebook loads its model (`runs.directory.WEIGHTS_LEFT_OUT`)."""
     get_profile(profile)
     directory = paths.profile_dir(profile)
     target = Path(out) if out else paths.ARTIFACTS / f"{profile}.tar.gz"
     _check_out(target)
     with profile_lock(profile, "pack"):  # never a set that a run is halfway through rewriting
         entries = list(_entries(directory)) if directory.is_dir() else []
+        if not weights:
+            entries = [entry for entry in entries if not _is_weights(entry[0])]
         lacking = _lacking({relative for relative, _, info in entries if stat.S_ISREG(info.st_mode)})
         if lacking:
             raise LabError(f"nothing to pack: {directory} has {lacking}; run `mnist-lab run --profile {profile}`")
@@ -138,6 +145,11 @@ def _lacking(files: set[str]) -> str | None:
     if not any(relative.startswith("runs/") for relative in files):
         return "no training runs (runs/)"
     return None
+
+
+def _is_weights(relative: str) -> bool:
+    parts = relative.split("/")
+    return len(parts) == 3 and parts[0] == "runs" and parts[2] == WEIGHTS
 
 
 def _is_record(relative: str) -> bool:

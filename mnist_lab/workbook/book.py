@@ -81,10 +81,10 @@ class Workbook(Outputs):
 
     def runs(self, experiment_name: str, seeds: list[int] | None = None) -> list[Run]:
         """One run per seed (the notebook's, or those given) of the named experiment under this profile."""
-        from .plan import experiment_runs
+        from .plan import experiment_runs, reads
 
         planned = experiment_runs(experiment_name, check_seeds(seeds) if seeds else self.seeds, self.profile,
-                                  self.device)
+                                  self.device, reads(self.notebook).weights)
         return [self._read(run) for run in planned]
 
     def run(self, experiment_name: str, seed: int = 0) -> Run:
@@ -100,7 +100,7 @@ class Workbook(Outputs):
             raise LabError(f"notebook {self.notebook} reads {planned.name}, a run the runner did not plan for it: "
                            "declare what it reads in mnist_lab/workbook/plan.py (READS)")
         run, stand_in = read_study_run(planned, self.profile, self.cache, studies) if study else \
-            (self.cache.get(planned.spec), None)
+            (self.cache.get(planned.spec, planned.weights), None)
         if stand_in is not None:
             self._frozen[str(stand_in.directory.relative_to(paths.FROZEN))] = stand_in.record["fingerprint"]
             if stand_in.differences:
@@ -110,7 +110,7 @@ class Workbook(Outputs):
         if run is None:
             if self.under_runner:
                 raise LabError(f"{planned.name} ({planned.spec.describe()}; key {planned.spec.key[:12]}) is not in "
-                               f"the run cache: {'; '.join(self.cache.problems(planned.spec))}. The runner trains "
+                               f"the run cache: {'; '.join(self.cache.problems(planned.spec, planned.weights))}. The runner trains "
                                "every run a notebook declares before executing it")
             from ..runs.executor import train_here
 

@@ -100,6 +100,7 @@ def commit(name: str, profile: str, staging: Path, inputs: dict, wall_seconds: f
         "device": used.get("device"),
         "environment": used.get("environment"),
         "sources": {module: provenance.code_hash(paths.ROOT / module) for module in used["modules"]},
+        "code_scheme": provenance.CODE_SCHEME,  # how `sources` were hashed
         "runs": used["runs"],
         "frozen": used.get("frozen", {}),
         "outputs": {str(relative): provenance.file_hash(staging / relative) for relative in staged},

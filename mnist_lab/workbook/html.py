@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import paths
-from ..errors import LabError
+from ..errors import LabError, shortlist
 from ..files import write_text
 from . import notebooks, provenance
 from .report import NUMBER, OBJECT, STRING, shape_problem
@@ -185,7 +185,8 @@ def index_html(profile: str) -> str:
             reasons = notebooks.stale_as_run(name, profile)
         except Exception as error:  # an unreadable notebook: the index still lists the rest
             reasons = [str(error)]
-        status = "fresh" if not reasons else "stale: " + "; ".join(map(str, reasons))
+        status = "fresh" if not reasons else "stale: " + "; ".join(shortlist([str(r) for r in reasons], 3)) + (
+            f" (`mnist-lab status --profile {profile}` lists all)" if len(reasons) > 4 else "")
         title = html.escape(name)
         link = f'<a href="{html.escape(quote(page))}">{title}</a>' if (directory / page).is_file() else title
         if record is None:

@@ -28,13 +28,15 @@ from ..spec import RunSpec
 class Reads:
     experiments: tuple[str, ...] = ()  # read once per seed of the notebook's `seeds`
     studies: tuple[str, ...] = ()  # calibration studies (results.calibration.STUDIES), over `calibration_seeds`
+    weights: bool = False  # it loads its experiments' trained models, not only their results
 
 
 READS = {
-    "q1_convolution": Reads(experiments=("basic_cnn",)),  # the trained basic CNN's kernels
+    "q1_convolution": Reads(experiments=("basic_cnn",), weights=True),  # the trained basic CNN's kernels
     "q1_losses": Reads(),
     "q2_cnn": Reads(experiments=("basic_cnn", "cnn", "cnn_flip"), studies=("basic_cnn",)),
-    "q3_comparison": Reads(experiments=("mobilenet", "vit", "basic_cnn", "cnn"), studies=("vit",)),
+    "q3_comparison": Reads(experiments=("mobilenet", "vit", "basic_cnn", "cnn"), studies=("vit",),
+                           weights=True),  # parameters, FLOPs and inference speed of each trained model
 }
 
 
@@ -42,11 +44,11 @@ def reads(notebook: str) -> Reads:
     return READS.get(notebook, Reads())
 
 
-def experiment_runs(name: str, seeds, profile: Profile, device: str) -> list[Planned]:
+def experiment_runs(name: str, seeds, profile: Profile, device: str, weights: bool = False) -> list[Planned]:
     """The runs of experiment (or variant) `name` under `profile`, one per seed."""
     recipe = profile.apply(get_experiment(name))
     return [Planned(name, RunSpec.of(recipe, seed, device=device, limit_train=profile.limit_train,
-                                     limit_test=profile.limit_test)) for seed in seeds]
+                                     limit_test=profile.limit_test), weights) for seed in seeds]
 
 
 def screening_runs(study, seeds, profile: Profile, device: str) -> dict[str, list[Planned]]:
@@ -108,7 +110,7 @@ def planned(notebook: str, parameters: dict, profile: Profile, cache, studies: s
     declared = reads(notebook)
     device = parameters.get("device", "auto")
     plan = Plan([run for name in declared.experiments
-                 for run in experiment_runs(name, parameters["seeds"], profile, device)])
+                 for run in experiment_runs(name, parameters["seeds"], profile, device, declared.weights)])
     for name in declared.studies:
         study, seeds = get_study(name), parameters["calibration_seeds"]
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from .. import paths
 from ..errors import LabError
 from ..data import MD5
-from ..fingerprint import code_hash, file_hash, git_state
+from ..fingerprint import SCHEME as CODE_SCHEME
+from ..fingerprint import code_hash, file_hash, git_state, scheme_of
 
-__all__ = ["code_hash", "data_hashes", "file_hash", "git_state", "notebook_code_hash", "read_notebook",
+__all__ = ["CODE_SCHEME", "code_hash", "data_hashes", "file_hash", "git_state", "notebook_code_hash", "read_notebook",
            "read_record", "record_path", "record_problem", "staleness"]
 
 # ---- notebooks --------------------------------------------------------------------------------
@@ -117,11 +118,16 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
     reasons = []
     if notebook_code_hash(notebook_file) != record["notebook_hash"]:
         reasons.append(f"{notebook_file.name}'s code changed")
-    for relative, digest, path in _recorded_paths(paths.ROOT, record["sources"], "source", reasons):
-        if not path.exists():
-            reasons.append(f"{relative} was removed")
-        elif code_hash(path) != digest:
-            reasons.append(f"{relative} changed")
+    if scheme_of(record) != CODE_SCHEME:  # its hashes are not comparable with today's, file by file
+        python = (record.get("environment") or {}).get("python") if isinstance(record.get("environment"), dict) else None
+        reasons.append(f"its sources were hashed under code-hash scheme {scheme_of(record)}"
+                       + (f" (Python {python})" if isinstance(python, str) and python.isprintable() else ""))
+    else:
+        for relative, digest, path in _recorded_paths(paths.ROOT, record["sources"], "source", reasons):
+            if not path.is_file():
+                reasons.append(f"{relative} was removed")
+            elif code_hash(path) != digest:
+                reasons.append(f"{relative} changed")
     data_now = data_hashes()
     if data_now != record["data"]:
         changed = [name for name, digest in data_now.items() if record["data"].get(name) != digest]

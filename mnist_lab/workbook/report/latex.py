@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ... import paths
-from ...errors import LabError
+from ...errors import LabError, shortlist
 from ...files import atomic_path
 from ...profiles import get_profile
 from ..lock import profile_lock
@@ -120,9 +120,11 @@ def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stal
     check_artifacts(profile)
     stale = stale_notebooks(profile)
     if stale and not allow_stale:
-        why = "; ".join(f"{name}: {', '.join(reasons)}" for name, reasons in stale.items())
+        # One line however much changed: each notebook with its count, the first reasons named.
+        why = "; ".join(f"{name}: {len(reasons)} reason(s)" + (f", {', '.join(shortlist(reasons, 1))}" if not index else "")
+                        for index, (name, reasons) in enumerate(stale.items()))
         raise LabError(f"the {profile} artifacts are stale ({why}); run `mnist-lab run --profile {profile}` first, "
-                       "or pass --allow-stale to build a report marked as stale")
+                       f"or pass --allow-stale; `mnist-lab status --profile {profile}` lists every reason")
     write_info(profile, stale)
     contract.check_latex_inputs(profile)  # after write_info: its three files are read by LaTeX too
 

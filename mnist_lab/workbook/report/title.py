@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ... import paths
-from ...errors import LabError
+from ...errors import LabError, shortlist
 from ...files import write_text
 from ...profiles import get_profile
 from ..provenance import git_state
@@ -220,8 +220,8 @@ def info_tex(profile: str, stale: dict[str, list[str]] | None = None) -> str:
     lines = [f"% Written by `mnist-lab report --profile {profile}` (mnist_lab/workbook/report/title.py); do not edit."]
     lines.append(r"\SmokeProfiletrue" if profile == "smoke" else r"\SmokeProfilefalse")
     lines.append(r"\StaleArtifactstrue" if stale else r"\StaleArtifactsfalse")
-    values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(why))}"
-                                      for name, why in (stale or {}).items())
+    values["ReportStale"] = "; ".join(f"{_typewriter(name)}: {_typewriter(', '.join(shortlist(why, 2)))}"
+                                      for name, why in (stale or {}).items())  # a few lines, not a page
     frozen = notebooks_frozen_line(profile)
     lines.append(r"\FrozenStudiestrue" if frozen else r"\FrozenStudiesfalse")
     values["ReportFrozen"] = _latex_escape(frozen)
