@@ -143,10 +143,24 @@ def _constant(value) -> str:
     raise TypeError(f"no canonical form for a {type(value).__name__} in a syntax tree")
 
 
+def package_digest(root: str | Path) -> tuple[str, int]:
+    """One hash of every Python file of the package under `root` (its `HASH  FILE` lines, in path
+    order), and how many: two machines that print the same have the same code, whatever Python."""
+    files = sorted(p.relative_to(root).as_posix() for p in Path(root, "mnist_lab").rglob("*.py")
+                   if "__pycache__" not in p.parts)
+    lines = "".join(f"{code_hash(Path(root, name))}  {name}\n" for name in files)
+    return hashlib.sha256(lines.encode()).hexdigest(), len(files)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m mnist_lab.codehash FILE... (prints `HASH  FILE`, scheme " + SCHEME + ")")
+        print("usage: python -m mnist_lab.codehash FILE...   prints `HASH  FILE` for each, under scheme " + SCHEME
+              + "\n       python -m mnist_lab.codehash --package   one hash of the whole package of this checkout")
         return 0 if argv else 2
+    if argv == ["--package"]:
+        digest, count = package_digest(Path(__file__).resolve().parent.parent)
+        print(f"{digest}  mnist_lab ({count} files, code-hash scheme {SCHEME})")
+        return 0
     status = 0
     for name in argv:
         try:

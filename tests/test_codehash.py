@@ -143,3 +143,14 @@ def test_a_record_of_another_scheme_gives_one_reason_not_every_file():
         "hashed under code-hash scheme ast-dump/1 (Python 3.12.3)"]
     same_scheme = {**then, "code_scheme": codehash.SCHEME}
     assert len(fingerprint.differences(same_scheme, now)) == len(now["code"]) > 5
+
+
+def test_the_package_digest_is_the_same_under_every_interpreter_found():
+    here = subprocess.run([sys.executable, "-m", "mnist_lab.codehash", "--package"], cwd=paths.ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    assert here.startswith(codehash.package_digest(paths.ROOT)[0]) and codehash.SCHEME in here
+    found = [python(version) for version in PYTHONS]
+    for interpreter in filter(None, found):
+        there = subprocess.run([interpreter, "-m", "mnist_lab.codehash", "--package"], cwd=paths.ROOT,
+                               env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+        assert there.stdout == here, interpreter

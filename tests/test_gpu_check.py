@@ -68,6 +68,7 @@ def _report() -> dict:
                           "stages": [{"trained": 26, "at_once": 8, "train_seconds": 100.0},
                                      {"trained": 7, "at_once": 7, "train_seconds": 50.0}],
                           "archive": "out/artifacts-full.tar.gz", "archive_bytes": 90 * 2**20,
+                          "report_archive": "out/artifacts-full-report.tar.gz", "report_archive_bytes": 3 * 2**20,
                           "test_accuracy": {"basic_cnn": 94.5, "vit": 98.7}, "seconds": 215.0},
             "side-by-side": {"runs": 8, "epochs": 3, "at_once": 8, "one_after_another_seconds": 60.0,
                              "side_by_side_seconds": 20.0, "speed_up": 3.0, "largest_accuracy_gap": 0.12,
@@ -118,3 +119,9 @@ def test_a_runs_per_gpu_below_one_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit:
         gpu_check.main(["--runs-per-gpu", "0"])
     assert exit.value.code == 2 and "--runs-per-gpu: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_notebooks_line_names_both_archives_and_their_sizes():
+    line = next(line for line in gpu_check.table(_report()).splitlines() if "notebooks by papermill" in line)
+    assert "packed 90 MiB to out/artifacts-full.tar.gz" in line
+    assert "without weights 3.0 MiB to out/artifacts-full-report.tar.gz" in line

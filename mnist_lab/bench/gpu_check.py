@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -56,9 +57,9 @@ CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
 }
 # Seconds on one H200, as measured there on 2026-12-04 (docs/performance.md) and rounded up; the
 # suite, eager and faithful-fp32 from the 2-core CPU's suite time and the 2026-11-26 calls. The
-# notebooks' 323 s plus 3 ViT confirmations since (the study's third finalist; the graphs phase trained the
-# ViT alone in 17.4 s).
-ESTIMATES = {"device-tests": 45, "notebooks": 380, "side-by-side": 100, "graphs": 45, "tf32": 45, "seeds": 80,
+# notebooks: 236 s measured at 4ff7ffb under MPS (36 runs in 129 s, papermill 98 s, one archive),
+# plus the report-only archive, a few seconds.
+ESTIMATES = {"device-tests": 45, "notebooks": 260, "side-by-side": 100, "graphs": 45, "tf32": 45, "seeds": 80,
              "deterministic": 10, "suite": 400, "eager": 175, "faithful-fp32": 185}
 SMOKE_ESTIMATES = {"notebooks": 100, "side-by-side": 40}  # the smoke profile's subsets
 PHASES = tuple(ESTIMATES)
@@ -110,8 +111,16 @@ def _check(args, mps: bool) -> int:
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
+    from .. import codehash, paths
+
+    digest, files = codehash.package_digest(paths.ROOT)
+    # Compared with `python -m mnist_lab.codehash --package` on the machine that builds the PDF: the
+    # same digest there means the runs packed here keep their keys there, whatever its Python.
+    print(f"gpu-check: code-hash digest {digest} of mnist_lab ({files} files, scheme {codehash.SCHEME}, "
+          f"Python {platform.python_version()})", flush=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "budget": args.budget, "profile": args.profile, "mps": mps}
+              "budget": args.budget, "profile": args.profile, "mps": mps, "python": platform.python_version(),
+              "code_digest": digest}
     budget_end = STARTED + args.budget
 
     def left() -> float:
@@ -261,6 +270,8 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     ran = notebooks.execute_all(None, profile=profile, shared=shared, force=True, progress=False, studies="train")
     notebook_seconds = time.perf_counter() - start - train_seconds
     packed = archive.pack(profile, out / f"artifacts-{profile}.tar.gz")
+    # What the PDF and the pages need, for the machine that builds them: a fraction of the size.
+    report_only = archive.pack(profile, out / f"artifacts-{profile}-report.tar.gz", weights=False)
     cache = for_profile(profile)
     accuracies = {}
     for name in SCHEDULE:  # seed 0 of each, as the notebooks read it
@@ -269,7 +280,8 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
             accuracies[name] = float(run.history["test_accuracy"].iloc[-1])
     return {"ran": ran, "stages": [{k: stage[k] for k in ("trained", "at_once", "train_seconds")} for stage in stages],
             "train_seconds": round(train_seconds, 1), "notebook_seconds": round(notebook_seconds, 1),
-            "archive": str(packed), "archive_bytes": packed.stat().st_size, "test_accuracy": accuracies}
+            "archive": str(packed), "archive_bytes": packed.stat().st_size, "report_archive": str(report_only),
+            "report_archive_bytes": report_only.stat().st_size, "test_accuracy": accuracies}
 
 
 def _find_installed_templates() -> None:
@@ -369,7 +381,8 @@ def _summary(key: str, phase: dict) -> str:
                            for stage in phase["stages"])
         return (f"{len(phase['ran'])} notebooks by papermill in {phase['notebook_seconds']:.0f} s after training "
                 f"{phase['train_seconds']:.0f} s (stages: {stages}); packed {phase['archive_bytes'] / 2**20:.0f} MiB "
-                f"to {phase['archive']}")
+                f"to {phase['archive']}, without weights {phase['report_archive_bytes'] / 2**20:.1f} MiB to "
+                f"{phase['report_archive']}")
     if key == "side-by-side":
         return (f"{phase['runs']} ViT screens of {phase['epochs']} epochs: one after another "
                 f"{phase['one_after_another_seconds']:.1f} s, {phase['at_once']} at a time "
