@@ -44,7 +44,10 @@ report: setup tex
 	$(BIN)/mnist-lab run --profile $(PROFILE) --studies $(STUDIES)
 	$(BIN)/mnist-lab report --profile $(PROFILE)
 
+# Lint and the layers of the flow first (seconds), then the suite.
 test: setup
+	$(BIN)/ruff check mnist_lab tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Trainer vs the usual DataLoader loop on the four models (a few minutes on 2 cores);

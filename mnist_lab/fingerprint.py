@@ -6,8 +6,8 @@ code the run executes. That code is derived from the package, not listed by hand
 `train.py` imports, transitively (a subpackage among them whole), less
 
 * `experiments.py`, whose whole effect on a run, the recipe, is in the value field by field;
-* the other models' files: models/__init__.py imports every model to list them, but a run
-  builds one, so editing the ViT retrains no CNN;
+* the other models' files: models/__init__.py names every model and imports a model's file
+  only when it is built, and a run builds one, so editing the ViT retrains no CNN;
 * `speed/` where the run's path applies none of it (`fast` off), and `speed/cuda.py` where it
   captures no CUDA graph;
 * the modules that decide nothing a run computes (NOT_COMPUTATION).

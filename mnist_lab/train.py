@@ -284,7 +284,7 @@ def check_finite(loss: float, label: str, epoch: int, step: int | None = None) -
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, autocast=contextlib.nullcontext(),
+def evaluate(model: nn.Module, split: Split, autocast=contextlib.nullcontext(),  # noqa: B008 (holds no state)
              layout=torch.contiguous_format) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy in percent and predicted classes of `model` on `split`."""
     model.eval()

@@ -1,6 +1,8 @@
 import contextlib
 import io
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -17,6 +19,37 @@ def own_artifacts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(paths, "ARTIFACTS", tmp_path / "artifacts")
     monkeypatch.setenv("MNIST_LAB_ARTIFACTS", str(tmp_path / "artifacts"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_cpu_slot(tmp_path_factory):
+    """The suite's CPU slot (mnist_lab/machine.py) is its own: its trainings take turns with each
+    other, never wait on a training elsewhere on the machine (another build, another suite)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        patch.delenv("MNIST_LAB_CPU_SLOT", raising=False)  # a slot held by whoever started the suite is not ours
+        yield runtime
+
+
+# What a terminal's Ctrl-C, `kill` and a closed terminal send: a child started for a signal test gets
+# their default actions back, whatever its parent left (a suite started with `nohup` or `&` in a
+# non-interactive shell ignores SIGINT, and so would every process it starts).
+SIGNALS_AT_DEFAULT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def start_for_signals(command: list[str], **kwargs) -> subprocess.Popen:
+    """`command` in a process group of its own, as a terminal starts a job, with the default action
+    for each of SIGNALS_AT_DEFAULT: what every test that sends a real signal starts."""
+    def defaults():
+        for number in SIGNALS_AT_DEFAULT:
+            signal.signal(number, signal.SIG_DFL)
+
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=defaults, **kwargs)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -24,7 +24,7 @@ from mnist_lab.workbook.lock import profile_lock
 from mnist_lab.cli import INTERRUPTED, main
 from mnist_lab.files import atomic_dir, atomic_path
 
-from conftest import SLOW, lock_held_elsewhere, make_notebook
+from conftest import SLOW, lock_held_elsewhere, make_notebook, start_for_signals
 
 
 HAVE_TEX = shutil.which("latexmk") is not None
@@ -53,9 +53,7 @@ def _start(*args: str, **kwargs) -> subprocess.Popen:
 def _start_command(command: list[str], **kwargs) -> subprocess.Popen:
     """A command in its own process group, with Ctrl-C's default action even where the suite
     itself was started in the background, which leaves SIGINT ignored for everything it starts."""
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+    return start_for_signals(command, **kwargs)
 
 
 def _wait_for(condition, timeout: float = 120) -> None:

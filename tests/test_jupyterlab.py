@@ -66,7 +66,7 @@ def lab_run_and_save(notebooks: Path, name: str, environment: dict, browser) -> 
             if command == "docmanager:save":
                 done = ("const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                         ".map(p => p.textContent); return prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t))")
-                _until(lambda: browser.execute_script(done), 300, "every cell to run")
+                _until(lambda: browser.execute_script(done), 300, "every cell to run")  # noqa: B023 (called at once)
             _click_menu(browser, menu, command)
         _until(lambda: '"outputs": [\n' in (notebooks / f"{name}.ipynb").read_text() and '"output_type"'
                in (notebooks / f"{name}.ipynb").read_text(), 60, "Lab to save the outputs")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import start_for_signals
 
 from mnist_lab.errors import LabError
 from mnist_lab.experiments import get_experiment
@@ -212,7 +213,6 @@ def test_ctrl_c_stops_every_run_side_by_side_and_keeps_their_last_epoch(tmp_path
     """A terminal's Ctrl-C reaches the whole foreground group: the parent stops the workers (which
     ignore it themselves), and a run resumes later from its checkpoint."""
     import signal
-    import subprocess
     import sys
     import time
 
@@ -220,9 +220,8 @@ def test_ctrl_c_stops_every_run_side_by_side_and_keeps_their_last_epoch(tmp_path
 
     script = tmp_path / "side_by_side.py"
     script.write_text(SIDE_BY_SIDE_SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    process = start_for_signals([sys.executable, str(script), str(tmp_path / "runs")],
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     lines = []
     deadline = time.monotonic() + 120
     while not any("epoch 1/3" in line for line in lines):

@@ -26,7 +26,7 @@ from .. import paths
 from ..errors import LabError, shortlist
 from ..files import atomic_dir, write_json
 from .. import fingerprint
-from ..fingerprint import code_hash_of, file_hash, run_record
+from ..fingerprint import code_hash_of, file_hash
 from ..spec import RunSpec
 from .cache import KEY_LENGTH, hashed_by
 from .directory import Run, read_run_record
@@ -135,7 +135,7 @@ def freeze(profile: str, runs: list, cache, declaration: dict) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     names: dict[str, dict[str, str]] = {}
     with atomic_dir(target) as staging:  # the old folder stays readable until the new one replaces it
-        for key, (planned, directory) in chosen.items():
+        for key, (_, directory) in chosen.items():
             (staging / key[:KEY_LENGTH]).mkdir()
             for name in FILES:
                 shutil.copyfile(directory / name, staging / key[:KEY_LENGTH] / name)

@@ -10,7 +10,7 @@ What capture needs, and where it comes from:
 - fixed addresses: the epoch's order and the step's position live in device tensors the step
   reads (`order`, `position`), and gradients are zeroed, not freed;
 - a capturable optimizer whose learning rate is a tensor, so StepLR's updates reach the graph
-  (`optimizer_options(..., captured=True)`);
+  (`captured_optimizer`);
 - random draws from the run's generator, registered with the graph, which advances it on every
   replay (dropout's from CUDA's default one, seeded by `torch.manual_seed`);
 - warm-up steps before capture (allocations, cuDNN's choices, the optimizer's state), undone

@@ -54,7 +54,7 @@ def pool_before_relu(model: nn.Module) -> nn.Module:
         pool.args = (relu.args[0], *pool.args[1:])
         with graph.inserting_after(pool):
             relu_after = graph.call_function(torch.relu_, (pool,))  # max-pooling's backward needs no output
-        pool.replace_all_uses_with(relu_after, delete_user_cb=lambda user: user is not relu_after)
+        pool.replace_all_uses_with(relu_after, delete_user_cb=lambda user: user is not relu_after)  # noqa: B023 (called here, at once)
         graph.erase_node(relu)
         changed = True
     if not changed:

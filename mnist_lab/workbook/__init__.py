@@ -4,7 +4,7 @@
     outputs.py    figures, tables and macros written for LaTeX
     hook.py       the runner's side of a kernel: staging folder, session record, progress lines
     plan.py       which runs each notebook reads (one declaration, read by the runner and the Workbook)
-    parameters.py, execute.py, commit.py   running notebooks with papermill, committing their outputs
+    notebooks.py, parameters.py, kernel.py, commit.py   running notebooks with papermill, committing their outputs
     provenance.py what each artifact was made from, and whether it still matches
     report/, html.py, archive.py           the PDF, the offline pages, a profile packed to move
 

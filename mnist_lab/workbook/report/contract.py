@@ -81,7 +81,8 @@ def check_artifacts(profile: str) -> None:
 #
 # A TeX file can read any file, write one, or run a command, and the files LaTeX reads from
 # artifacts/<profile>/ may come from another machine. Those files are data: the tables pandas
-# writes (Workbook.table), the macros (Workbook.macro) and the three files written above. So
+# writes (Workbook.table), the macros (Workbook.macro) and the three files report/title.py writes
+# (report_info.tex, recipes_table.tex, provenance_table.tex). So
 # before latexmk runs, each is checked against an allow-list of what those writers produce;
 # anything else (\input, \openin, \write18, \csname, \catcode, ^^5c, ...) is refused with one
 # line, whatever its hash in the provenance record says.

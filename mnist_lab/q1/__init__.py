@@ -1,0 +1,1 @@
+"""Q1 of the report: the convolution and the loss functions, written from their formulas."""
