@@ -10,14 +10,11 @@ from pathlib import Path
 
 from . import paths
 from .errors import LabError
+from .names import DEVICES, MODELS
+from .names import EXPERIMENTS as EXPERIMENT_NAMES
+from .names import PROFILES as PROFILE_NAMES
 
-# The choices the parser offers, kept here rather than imported: importing the modules that
-# define them loads torch (seconds), and `--help` or a typo should answer at once.
-# tests/test_cli.py checks they match the registries.
-EXPERIMENT_NAMES = ("basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit")
-PROFILE_NAMES = ("full", "smoke")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-BENCH_MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")
+BENCH_MODELS = MODELS  # each trained with the experiment of the same name
 INTERRUPTED = "mnist-lab: interrupted; previous artifacts intact"
 TERMINATED = "mnist-lab: terminated; previous artifacts intact"
 

@@ -28,7 +28,7 @@ import torch
 
 from . import baseline
 
-from .. import paths
+from .. import names, paths
 from ..data import Mnist, load_mnist
 from ..errors import LabError
 from ..experiments import Experiment, get_experiment
@@ -37,7 +37,7 @@ from ..models import create_model
 from ..results.compare import flops_per_image
 from ..speed import accelerate, memory
 
-MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")  # each trained with the experiment of the same name
+MODELS = names.MODELS  # each trained with the experiment of the same name
 SIDES = ("trainer", "baseline")
 WARMUP_EPOCHS = 2  # per side, not timed: after only one, the next epoch was seen ~25% slower
 FULL_TRAIN_SIZE = 60_000  # images per epoch in the report's schedule

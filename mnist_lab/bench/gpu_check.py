@@ -44,11 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import names
 from .phases import Phase, run_phases
 
 STARTED = time.monotonic()  # the budget counts from the import: start-up included
 DEVICE = "cuda"  # what the notebooks and side-by-side phases train on (a dry run on a CPU may change it)
-SCHEDULE = ("basic_cnn", "cnn", "cnn_flip", "mobilenet", "vit")
+SCHEDULE = names.EXPERIMENTS  # the report's schedule: every experiment, seed 0
 CONFIGURATIONS = {  # name: RunSpec.of() keyword arguments
     "graphs": {},  # the default: the fast path, each step a replayed CUDA graph, bf16 autocast
     "tf32": {"precision": "fp32"},  # the same in fp32, matmuls on TF32 tensor cores (`_tf32`)
