@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from pathlib import Path
 
-from .. import paths
+from .. import paths, records
 from ..errors import LabError
 from ..files import write_json
 from ..fingerprint import run_record
@@ -86,14 +85,7 @@ class RunCache:
 
     def index(self) -> dict[str, dict[str, str]]:
         """label → seed → key; an index that is not of that shape counts as empty (it only names runs)."""
-        try:
-            index = json.loads((self.folder / INDEX).read_text())
-        except (OSError, ValueError):
-            return {}
-        valid = isinstance(index, dict) and all(
-            isinstance(seeds, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in seeds.items())
-            for seeds in index.values())
-        return index if valid else {}
+        return records.load(self.folder / INDEX, records.RUN_INDEX) or {}
 
     def names(self) -> dict[str, list[str]]:
         """key → the names it is known by ("vit seed 0")."""
