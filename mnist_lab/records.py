@@ -243,6 +243,8 @@ RUN_RECORD = Kind("a run record", Object(
 # The run cache's runs/index.json, and frozen/<profile>/index.json: label → seed → key.
 RUN_INDEX = Kind("a run index", Mapping(Mapping(Text(pattern=HEX64), key_length=20), key_length=1000))
 FROZEN_INDEX = Kind("a frozen index", RUN_INDEX.shape)
+# frozen/<profile>/studies.json (runs.frozen.freeze): study → its declared candidates, seeds, epochs.
+FROZEN_STUDIES = Kind("a frozen studies declaration", Mapping(Mapping(Anything())))
 # runs/footprints.json (runs.side_by_side): model → the largest peak of GPU memory measured, in bytes.
 FOOTPRINTS = Kind("a record of GPU footprints", Mapping(Integer(1, 2**50), max_items=100, key_length=100))
 
@@ -277,7 +279,7 @@ ARCHIVE_MANIFEST = Kind("a manifest written by `mnist-lab pack`", Object(
 EXECUTED_NOTEBOOK = Kind("an executed notebook", Object(), max_bytes=256 * 1024**2, max_depth=64,
                          max_values=10_000_000)
 
-KINDS = (RUN_RECORD, RUN_INDEX, FROZEN_INDEX, FOOTPRINTS, NOTEBOOK_RECORD, RUN_CONFIG, RUN_METRICS,
+KINDS = (RUN_RECORD, RUN_INDEX, FROZEN_INDEX, FROZEN_STUDIES, FOOTPRINTS, NOTEBOOK_RECORD, RUN_CONFIG, RUN_METRICS,
          RUN_ENVIRONMENT, ARCHIVE_MANIFEST, EXECUTED_NOTEBOOK)
 
 
