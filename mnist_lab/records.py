@@ -220,7 +220,7 @@ class Array(Shape):
 # ---- the kinds the project reads ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each kind is itself: compared and hashed by identity
 class Kind:
     """One kind of file the project reads: what it is called in messages, its shape and its bounds."""
     what: str  # "a run record": as in "X is not a run record mnist-lab can read"
