@@ -1,5 +1,6 @@
-"""`mnist-lab`: the command line. Every user error is one line on stderr and a non-zero exit;
-Ctrl-C anywhere, start-up included, is one line and exit 130."""
+"""`mnist-lab`: the command line. Every user error is one line on stderr, of at most
+errors.MAX_LINE characters with control characters escaped, and a non-zero exit; Ctrl-C
+anywhere, start-up included, is one line and exit 130."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import paths
-from .errors import LabError
+from .errors import MAX_LINE, LabError, printable
 from .names import DEVICES, MODELS
 from .names import EXPERIMENTS as EXPERIMENT_NAMES
 from .names import PROFILES as PROFILE_NAMES
@@ -21,7 +22,12 @@ TERMINATED = "mnist-lab: terminated; previous artifacts intact"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints the whole usage; one line says enough
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, _error_line(f"{self.prog}: error: ", f"{message} (see --help)") + "\n")
+
+
+def _error_line(prefix: str, message) -> str:
+    """One error line: the message (which may quote a name or a field from disk) escaped and cut to fit."""
+    return prefix + printable(message, MAX_LINE - len(prefix))
 
 
 MAX_SEED = 2**32 - 1  # profiles.MAX_SEED
@@ -209,11 +215,11 @@ def _status(args) -> None:
         reasons = notebooks.status(name, args.profile, parameters, shared)
         record = provenance.read_record(args.profile, name) or {"outputs": {}}
         when = f"ran {record['started']}, {record['wall_seconds']:.0f} s" if "started" in record else "not run"
-        print(f"{name}: {'STALE' if reasons else 'fresh'} ({when})")
-        for reason in reasons:
-            print(f"    because {reason}")
+        print(f"{name}: {'STALE' if reasons else 'fresh'} ({printable(when, 200)})")
+        for reason in reasons:  # reasons and outputs quote a record's paths: escaped, as any text from disk
+            print(f"    because {printable(reason, 400)}")
         for output in record["outputs"]:
-            print(f"    {'stale' if reasons else 'fresh'}  {output}")
+            print(f"    {'stale' if reasons else 'fresh'}  {printable(output, 400)}")
 
 
 def _list_runs(profile: str) -> None:
@@ -233,9 +239,13 @@ def _list_runs(profile: str) -> None:
         called = ", ".join(names.get(key, [])) or "(no name)"
         reasons = staleness(directory, name="it")
         inputs = (record or {}).get("inputs") or {}
-        recipe = inputs.get("recipe") or {}
-        print(f"  {directory.name}  {called}: {recipe.get('model')}, {recipe.get('epochs')} epochs, seed "
-              f"{inputs.get('seed')}, {inputs.get('device')}: {'STALE: ' + '; '.join(reasons) if reasons else 'fresh'}")
+        recipe = inputs.get("recipe") if isinstance(inputs.get("recipe"), dict) else {}
+        # A folder's name and its record's fields are an archive's or another machine's words: a newline
+        # or an escape sequence in them must not forge a line ("all runs fresh") or drive the terminal.
+        fields = ", ".join(printable(value, 40) for value in (
+            recipe.get("model"), f"{recipe.get('epochs')} epochs", f"seed {inputs.get('seed')}", inputs.get("device")))
+        state = "STALE: " + "; ".join(reasons) if reasons else "fresh"
+        print(f"  {printable(directory.name, 40)}  {printable(called, 200)}: {fields}: {printable(state, 400)}")
     repeated = len(values) - len(set(values))
     if repeated:
         print(f"  {repeated} run(s) repeat another's spec")
@@ -361,13 +371,13 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
          "pack": _pack, "unpack": _unpack, "bench": _bench, "freeze": _freeze,
          "rekey": _rekey}[args.command](args)
     except LabError as error:
-        print(f"mnist-lab: error: {error}", file=sys.stderr)
+        print(_error_line("mnist-lab: error: ", error), file=sys.stderr)
         return 1
     except BrokenPipeError:  # `mnist-lab status | head`: the reader has what it wanted; no error to print
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush goes nowhere
         return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as error:  # a folder that cannot be written, a disk full: the system's own words
-        print(f"mnist-lab: error: {error}", file=sys.stderr)
+        print(_error_line("mnist-lab: error: ", error), file=sys.stderr)
         return 1
     except KeyboardInterrupt as interruption:
         return _interrupted(interruption)
@@ -392,11 +402,27 @@ def _interrupted(interruption: BaseException) -> int:
     return 130
 
 
+def _tell_unusable_records() -> None:
+    """A record on disk that is unusable is read as absent, and said once, on one line (`records.tell`)."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record):
+            return _error_line("mnist-lab: warning: ", record.getMessage())
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    logger = logging.getLogger("mnist_lab.records")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def entry_point() -> None:
     """The `mnist-lab` command: a process of the project's own, so process-wide settings go here, once."""
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _tell_unusable_records()
     try:
         args = build_parser().parse_args()  # first: --help and typos answer before torch is imported
         import os

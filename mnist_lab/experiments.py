@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .augment import Augmentation
-from .errors import LabError
+from .errors import LabError, printable
 from .models import MODELS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 NOT_RECIPE = ("name",)  # an experiment's label: a variant's is built from its validated overrides
+# The bounds of a recipe: far beyond any the report or a study trains, yet short of what would run
+# for days or exhaust memory before the first epoch ends (a batch is at most the training set).
+INTEGER_LIMITS = {"epochs": (1, 1000), "batch_size": (1, 60_000), "lr_step": (0, 1000)}
+NUMBER_LIMITS = {"lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "lr_gamma": (0.0, 10.0)}
+MAX_ROTATION = 180.0  # degrees: any more is the same rotations again
+MODEL_NUMBER_LIMIT = 4096  # a model argument (a width, a depth, heads): the models' own are 128 or less
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,49 @@ class Experiment:
             raise LabError(f"experiment {self.name!r}: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
         if self.optimizer not in OPTIMIZERS:
             raise LabError(f"experiment {self.name!r}: unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        for name, minimum in (("epochs", 1), ("batch_size", 1), ("lr_step", 0)):
+        for name, (minimum, maximum) in INTEGER_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise LabError(f"experiment {self.name!r}: {name} must be an integer >= {minimum}, got {value!r}")
-        for name in ("lr", "weight_decay", "lr_gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise LabError(f"experiment {self.name!r}: {name} must be a non-negative number, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+                raise LabError(f"experiment {self._label()}: {name} must be an integer from {minimum} to {maximum}, "
+                               f"got {_shown(value)}")
+        for name, (minimum, maximum) in NUMBER_LIMITS.items():
+            _check_number(self, name, getattr(self, name), minimum, maximum)
+        augmentation = self.augmentation
+        if not isinstance(augmentation, Augmentation) or not isinstance(augmentation.hflip, bool):
+            raise LabError(f"experiment {self._label()}: augmentation.hflip must be true or false")
+        _check_number(self, "max_rotation", augmentation.max_rotation, 0.0, MAX_ROTATION)
+        self._check_model_args()
+
+    def _label(self) -> str:
+        return printable(repr(self.name), 80)
+
+    def _check_model_args(self) -> None:
+        """Each override a keyword the model's constructor takes, of its default's type and within
+        bounds: refused here, when the recipe is made, not when a worker on a cluster builds the model."""
+        if not isinstance(self.model_args, dict):
+            raise LabError(f"experiment {self._label()}: model_args must be an object of the model's arguments")
+        if not self.model_args:
+            return  # nothing to check: the model's own file is not imported for it
+        import inspect
+
+        from .models import model_class
+
+        accepted = {name: parameter.default for name, parameter in
+                    inspect.signature(model_class(self.model)).parameters.items()
+                    if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)}
+        for key, value in self.model_args.items():
+            if key not in accepted:
+                raise LabError(f"experiment {self._label()}: model {self.model!r} has no argument "
+                               f"{printable(repr(key), 60)}; it accepts: {', '.join(accepted)}")
+            default = accepted[key]
+            expected = type(default) if isinstance(default, (bool, int, float, str)) else None
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if expected is not None and type(value) is not expected:
+                raise LabError(f"experiment {self._label()}: model argument {key} must be {expected.__name__}, "
+                               f"got {_shown(value)}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                _check_number(self, f"model argument {key}", value, -MODEL_NUMBER_LIMIT, MODEL_NUMBER_LIMIT)
 
     def replace(self, **overrides) -> Experiment:
         """A copy with some fields changed; unknown fields and wrong types are errors, not warnings."""
@@ -61,16 +103,28 @@ class Experiment:
         return dataclasses.asdict(self)
 
 
+def _shown(value) -> str:
+    return printable(repr(value), 60)
+
+
+def _check_number(experiment: Experiment, name: str, value, minimum: float, maximum: float) -> None:
+    """A finite number from `minimum` to `maximum` (inf, nan and 1e20 are typed as easily as 1e-3)."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or not minimum <= value <= maximum):
+        raise LabError(f"experiment {experiment._label()}: {name} must be a finite number from {minimum:g} to "
+                       f"{maximum:g}, got {_shown(value)}")
+
+
 def _checked_replace(obj, overrides: dict, what: str):
     fields = {f.name for f in dataclasses.fields(obj)}
     for key, value in overrides.items():
         if key not in fields:
-            raise LabError(f"unknown {what} {key!r}; valid fields: {', '.join(sorted(fields))}")
+            raise LabError(f"unknown {what} {printable(repr(key), 60)}; valid fields: {', '.join(sorted(fields))}")
         expected = type(getattr(obj, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             continue  # an integer is a fine learning rate
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            raise LabError(f"{what} {key!r} must be {expected.__name__}, got {value!r}")
+            raise LabError(f"{what} {key!r} must be {expected.__name__}, got {_shown(value)}")
     return dataclasses.replace(obj, **overrides)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import LabError
+from .errors import LabError, printable
 
 if TYPE_CHECKING:  # a notebook that trains nothing does not import the recipes
     from .experiments import Experiment
@@ -33,16 +33,21 @@ PROFILES = {
 
 
 MAX_SEED = 2**32 - 1  # what every generator takes (torch's own reaches 2**64 - 1, numpy's 2**32 - 1)
+MAX_SEEDS = 100  # seeds in one request: each is a run of every experiment (the studies use 3 to 5)
 
 
 def check_seeds(seeds) -> list[int]:
     """Seeds are a non-empty list of distinct integers from 0 to MAX_SEED (each trains one run)."""
+    if isinstance(seeds, (list, tuple)) and len(seeds) > MAX_SEEDS:
+        raise LabError(f"{len(seeds)} seeds are over the limit of {MAX_SEEDS} in one request (each trains a run "
+                       "of every experiment); ask for fewer")
     if not isinstance(seeds, (list, tuple)) or not seeds or not all(
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
     ):
-        raise LabError(f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}")
+        raise LabError(f"seeds must be a non-empty list of integers from 0 to {MAX_SEED}, "
+                       f"got {printable(repr(seeds), 100)}")
     if len(set(seeds)) != len(seeds):
-        raise LabError(f"seeds must be distinct, got {list(seeds)!r}")
+        raise LabError(f"seeds must be distinct, got {printable(repr(list(seeds)), 100)}")
     return list(seeds)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import math
 import os
 import re
 import socket
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from . import paths
-from .errors import LabError
+from .errors import LabError, printable
 from .experiments import get_experiment, parse_value, variant
 from .files import atomic_dir
 from .profiles import check_seeds, get_profile
@@ -35,14 +36,20 @@ from .runs.executor import Planned
 from .spec import RunSpec
 
 
+MAX_RUNS = 1000  # runs one sweep may plan: a typo in --seeds or --set should not queue days of training
+
+
 def parse_overrides(settings: list[str]) -> list[dict]:
     """`["lr=1e-3,3e-4", "hflip=true,false"]` → every combination, as one dict each."""
     axes = []
     for setting in settings:
         field, sep, values = setting.partition("=")
         if not sep or not field or not values:
-            raise LabError(f"--set takes FIELD=VALUE[,VALUE...], got {setting!r}")
+            raise LabError(f"--set takes FIELD=VALUE[,VALUE...], got {printable(repr(setting), 100)}")
         axes.append([(field.strip(), parse_value(value.strip())) for value in values.split(",")])
+    combinations = math.prod(len(axis) for axis in axes)
+    if combinations > MAX_RUNS:  # counted before the product is built: it could fill the memory
+        raise LabError(f"--set makes {combinations} combinations, over the limit of {MAX_RUNS} runs in one sweep")
     return [dict(combination) for combination in itertools.product(*axes)]
 
 
@@ -52,6 +59,10 @@ def plan(names: list[str], seeds: list[int], overrides: list[dict], profile: str
     each distinct spec once."""
     settings = get_profile(profile)
     check_seeds(seeds)
+    count = len(names) * max(1, len(overrides)) * len(seeds)
+    if count > MAX_RUNS:
+        raise LabError(f"the sweep plans {count} runs, over the limit of {MAX_RUNS} in one sweep; "
+                       "sweep fewer experiments, seeds or values")
     planned = []
     for name, override, seed in itertools.product(names, overrides or [{}], seeds):
         experiment = settings.apply(variant(name, override) if override else get_experiment(name))

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from pathlib import Path
 
-from .. import paths
+from .. import paths, records
 from ..errors import LabError
 from ..files import write_json
 from ..fingerprint import differences, run_record
@@ -87,14 +86,7 @@ class RunCache:
 
     def index(self) -> dict[str, dict[str, str]]:
         """label → seed → key; an index that is not of that shape counts as empty (it only names runs)."""
-        try:
-            index = json.loads((self.folder / INDEX).read_text())
-        except (OSError, ValueError):
-            return {}
-        valid = isinstance(index, dict) and all(
-            isinstance(seeds, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in seeds.items())
-            for seeds in index.values())
-        return index if valid else {}
+        return records.load(self.folder / INDEX, records.RUN_INDEX) or {}
 
     def names(self) -> dict[str, list[str]]:
         """key → the names it is known by ("vit seed 0")."""
@@ -155,8 +147,6 @@ def staleness(run_directory: Path, fingerprint: str | None = None, name: str | N
 
 def hashed_by(run_directory: Path) -> str | None:
     """The Python a run's record was hashed under, as its environment.json says (None: unknown)."""
-    try:
-        python = json.loads((Path(run_directory) / "environment.json").read_text()).get("python")
-    except (OSError, ValueError, AttributeError):
-        return None
+    environment = records.load(Path(run_directory) / "environment.json", records.RUN_ENVIRONMENT) or {}
+    python = environment.get("python")
     return python if isinstance(python, str) and len(python) <= 32 and python.isprintable() else None

@@ -16,7 +16,6 @@ and the weights are read with `weights_only=True`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from .. import records
 from ..errors import LabError
 from ..files import atomic_dir, write_json
 from ..fingerprint import file_hash, git_state
@@ -42,16 +42,9 @@ def run_file_hashes(run_directory: Path) -> dict[str, str]:
 
 
 def read_run_record(run_directory: Path) -> dict | None:
-    """A run's provenance.json, or None where there is none or it is not a record of this project's."""
-    path = Path(run_directory) / "provenance.json"
-    try:
-        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-    except (OSError, ValueError):
-        return None
-    fields = {"fingerprint": str, "inputs": dict, "code": dict, "data": dict}
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
-        return None
-    return record
+    """A run's provenance.json, or None where there is none or it is not a record of this project's
+    (`records.RUN_RECORD`; an unusable one is told once, then as if absent)."""
+    return records.load(Path(run_directory) / "provenance.json", records.RUN_RECORD)
 
 
 WEIGHTS = "model.pt"
@@ -142,6 +135,12 @@ class Run:
     environment: dict
 
 
+# What `load_run` reads of a run's JSON files: verified by hash, but the record vouching for them
+# may be as forged as they are.
+_KINDS = {"config.json": records.RUN_CONFIG, "metrics.json": records.RUN_METRICS,
+          "environment.json": records.RUN_ENVIRONMENT}
+
+
 def load_run(directory: str | Path) -> Run:
     """Read a run directory back, after checking every file against its record (its weights
     may have been left out: `load_model` says so where they are needed)."""
@@ -149,7 +148,8 @@ def load_run(directory: str | Path) -> Run:
     problems = run_file_problems(directory, weights=False)
     if problems:
         raise LabError(f"the run in {directory} cannot be used: {problems[0]}; train it again")
-    read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+    fix = "train it again"
+    read = lambda name: records.read(directory / name, _KINDS[name], fix=fix)  # noqa: E731
     return Run(
         directory=directory,
         config=read("config.json"),

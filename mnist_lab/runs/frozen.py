@@ -15,17 +15,15 @@ train` trains the studies instead, and `mnist-lab freeze` writes them here again
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import paths
-from ..errors import LabError, shortlist
+from .. import fingerprint, paths, records
+from ..errors import LabError, printable, shortlist
 from ..files import atomic_dir, write_json
-from .. import fingerprint
 from ..fingerprint import code_hash_of, file_hash
 from ..spec import RunSpec
 from .cache import KEY_LENGTH, hashed_by
@@ -55,11 +53,7 @@ def folder(profile: str) -> Path:
 
 
 def index(profile: str) -> dict:
-    try:
-        found = json.loads((folder(profile) / INDEX).read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
+    return records.load(folder(profile) / INDEX, records.FROZEN_INDEX) or {}
 
 
 def find(profile: str, name: str, spec: RunSpec) -> Frozen | None:
@@ -77,14 +71,23 @@ def _read(profile: str, key, spec: RunSpec) -> Frozen | None:
     if not isinstance(key, str) or len(key) < KEY_LENGTH or not key.isalnum():
         return None
     directory = folder(profile) / key[:KEY_LENGTH]
-    record = read_run_record(directory)
-    if record is None or record["fingerprint"] != key or _file_problems(directory, record):
+    if not directory.exists():
         return None
-    read = lambda name: json.loads((directory / name).read_text())  # noqa: E731
+    record = read_run_record(directory)
+    problems = ["its record is missing or unusable"] if record is None else \
+        ["its record is another run's"] if record["fingerprint"] != key else _file_problems(directory, record)
+    if problems:
+        records.tell(f"the frozen run {printable(directory, 160)} is not used: {printable(problems[0], 100)}")
+        return None
+    read = {name: records.load(directory / name, kind) for name, kind in
+            (("config.json", records.RUN_CONFIG), ("metrics.json", records.RUN_METRICS),
+             ("environment.json", records.RUN_ENVIRONMENT))}
+    if None in read.values():
+        return None
     import pandas as pd
 
-    run = Run(directory=directory, config=read("config.json"), history=pd.read_csv(directory / "history.csv"),
-              metrics=read("metrics.json"), predictions=None, environment=read("environment.json"))
+    run = Run(directory=directory, config=read["config.json"], history=pd.read_csv(directory / "history.csv"),
+              metrics=read["metrics.json"], predictions=None, environment=read["environment.json"])
     return Frozen(directory, record, run, tuple(differences(record, spec, directory)))
 
 

@@ -24,7 +24,6 @@ has a Python thread launching kernels and replaying graphs), and never more than
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -34,6 +33,7 @@ import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from .. import records
 from ..errors import LabError
 from ..files import write_json
 from ..spec import RunSpec
@@ -65,14 +65,7 @@ def footprint_bytes(cache, specs: list[RunSpec]) -> int:
 def read_footprints(cache) -> dict[str, int]:
     """model → the largest peak of GPU memory a run of it reserved here. Only scheduling reads it,
     and a file of another shape counts as empty."""
-    try:
-        footprints = json.loads((cache.folder / FOOTPRINTS).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(footprints, dict):
-        return {}
-    return {model: peak for model, peak in footprints.items()
-            if isinstance(model, str) and isinstance(peak, int) and not isinstance(peak, bool) and peak > 0}
+    return records.load(cache.folder / FOOTPRINTS, records.FOOTPRINTS) or {}
 
 
 def record_footprints(cache, peaks: dict[str, int]) -> None:

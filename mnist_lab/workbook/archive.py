@@ -26,12 +26,11 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import paths
+from .. import paths, records
 from ..errors import LabError
 from ..files import atomic_dir, atomic_path
 from ..profiles import get_profile
 from ..runs.directory import WEIGHTS
-from . import provenance
 from .lock import profile_lock
 
 MANIFEST = "MANIFEST.json"
@@ -44,6 +43,7 @@ PACKED = frozenset({"runs", "figures", "tables", "macros", "notebooks", "provena
 LEFT_OUT = {".lock", ".staging", "latex", "latex.partial", "latex-failed.log", "scratch"}
 MAX_BYTES = 2 * 1024**3  # what unpack extracts at most, as the headers declare it; a full profile is ~100 MB
 MAX_MEMBERS = 100_000
+MAX_PATH_DEPTH = 32  # folders in a member's path; pack's deepest is 4 (runs/<key>/file under the profile)
 MAX_MANIFEST_BYTES = 32 * 1024**2
 MAX_READ = 16 * 1024**2  # the most tarfile may read at once: it reads a pax or long-name header whole
 CHUNK = 1024**2
@@ -272,6 +272,8 @@ def _member_path(member: tarfile.TarInfo, archive_path: Path) -> tuple[str, str]
     name, parts = member.name, member.name.split("/")
     if "\0" in name or any(part in ("", ".", "..") for part in parts):  # an absolute path starts with ""
         raise _refused(archive_path, f"the member {name!r} is not a plain relative path")
+    if len(parts) > MAX_PATH_DEPTH:  # making its folders would recurse once per level
+        raise _refused(archive_path, f"a member is {len(parts)} folders deep, over the {MAX_PATH_DEPTH} accepted")
     regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
     if not (member.isdir() or regular):
         raise _refused(archive_path, f"{name!r} is {_member_kind(member)}; "
@@ -303,18 +305,9 @@ def _read_manifest(archive: tarfile.TarFile, member: tarfile.TarInfo, archive_pa
     source = archive.extractfile(member)
     data = b"".join(iter(lambda: source.read(CHUNK), b""))
     try:
-        manifest = json.loads(data)
-    except ValueError:
-        manifest = None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(_is_entry(entry) for entry in files.values()):
-        raise _refused(archive_path, f"its {MANIFEST} is not a manifest written by `mnist-lab pack`")
-    return files
-
-
-def _is_entry(entry) -> bool:
-    return (isinstance(entry, dict) and type(entry.get("size")) is int and entry["size"] >= 0
-            and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64)
+        return records.parse(data, records.ARCHIVE_MANIFEST)["files"]
+    except records.Unreadable as error:
+        raise _refused(archive_path, f"its {MANIFEST} is not a manifest written by `mnist-lab pack` ({error})") from None
 
 
 def _check_listing(members: list, files: dict, archive_path: Path, profile: str) -> None:
@@ -377,11 +370,8 @@ def _check_records(staging: Path, archive_path: Path, files: dict) -> None:
     """Every path a provenance record names stays inside the profile (outputs, runs) or the project
     (sources): a later run deletes the outputs a record lists, and reads what it names."""
     for relative in sorted(filter(_is_record, files)):
-        try:
-            record = json.loads((staging / relative).read_text())
-        except ValueError:
-            record = None
-        problem = provenance.record_problem(record)  # the shape the runner writes and reads back
+        record, problem = records.inspect(staging / relative, records.NOTEBOOK_RECORD)  # as the runner reads it
+        problem = problem or ("it is missing" if record is None else None)
         if problem:
             raise _refused(archive_path, f"{relative} is not a provenance record ({problem})")
         for field, folder, where in (("outputs", staging, "profile"), ("runs", staging, "profile"),

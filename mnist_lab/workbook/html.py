@@ -18,16 +18,14 @@ of the shape the runner writes is shown as an unreadable record, never a traceba
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from urllib.parse import quote
 
-from .. import paths
+from .. import paths, records
 from ..errors import LabError, shortlist
 from ..files import write_text
 from . import notebooks, provenance
-from .report import NUMBER, OBJECT, STRING, shape_problem
 
 TEMPLATES = Path(__file__).with_name("templates")
 _MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\$)(.+?)(?<!\\)\$", re.DOTALL)
@@ -37,9 +35,6 @@ _PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
 # inline or not, whatever an executed notebook from another machine carries in its outputs.
 CONTENT_SECURITY_POLICY = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
                            'img-src data: file:; style-src \'unsafe-inline\' data:; font-src data:">')
-# What the pages read from a notebook's record (report/title.py's checks); `device` is printed as text
-# whatever it is, and `changes` is checked on its own (_changes_problem).
-PAGE_FIELDS = {"parameters": OBJECT, "started": STRING, "wall_seconds": NUMBER, "outputs": OBJECT}
 _THUMBNAIL = re.compile(r"figures/[^/\\.][^/\\]*\.png")  # a figure's image, in figures/ itself
 
 
@@ -47,35 +42,14 @@ def html_dir(profile: str) -> Path:
     return paths.profile_dir(profile) / "html"
 
 
-def _changes_problem(changes) -> str | None:
-    if changes is None:
-        return None
-    macros = changes.get("macros", []) if isinstance(changes, dict) else None
-    tables = changes.get("tables", []) if isinstance(changes, dict) else None
-    if (isinstance(macros, list) and isinstance(tables, list) and all(isinstance(t, str) for t in tables)
-            and all(isinstance(m, list) and len(m) == 3 and all(isinstance(x, str) for x in m) for m in macros)):
-        return None
-    return "its 'changes' are not lists of macros and tables"
-
-
 def page_record(profile: str, name: str) -> tuple[dict | None, str | None]:
     """The notebook's record if the pages can show it; else None and why ("never run", or what
     makes it unreadable)."""
-    try:
-        record = provenance.read_record(profile, name)
-    except LabError as error:
-        return None, f"unreadable record ({error})"
-    path = provenance.record_path(profile, name)
-    if record is None and not path.exists():
-        return None, "never run"
-    if record is None:  # provenance refused it: say why, as far as the pages are concerned
-        try:
-            problem = shape_problem(json.loads(path.read_bytes()), PAGE_FIELDS) or "not of the runner's shape"
-        except (OSError, ValueError):
-            problem = "not JSON"
-    else:
-        problem = shape_problem(record, PAGE_FIELDS) or _changes_problem(record.get("changes"))
-    return (None, f"unreadable record (provenance/{name}.json: {problem})") if problem else (record, None)
+    # The pages read the record as the runner and `status` do (`device` is printed as text whatever it is).
+    record, problem = records.inspect(provenance.record_path(profile, name), records.NOTEBOOK_RECORD)
+    if problem:
+        return None, f"unreadable record (provenance/{name}.json: {problem})"
+    return (record, None) if record is not None else (None, "never run")
 
 
 def _mathml(match: re.Match) -> str:
@@ -253,7 +227,7 @@ def _headline(profile: str) -> str:
     rows = []
     for name, experiment in EXPERIMENTS.items():
         runs = []
-        for seed, key in sorted((names.get(name) or {}).items()):
+        for _, key in sorted((names.get(name) or {}).items()):
             try:
                 runs.append(load_run(paths.inside(cache.folder, str(key)[:16], "run")))
             except (LabError, OSError, ValueError, KeyError):
@@ -357,10 +331,8 @@ def _figure_cells(executed: Path, stems: list[str]) -> dict[str, str]:
     """Which cell of the executed notebook drew each figure: the one whose code saves it by name
     (`wb.figure(..., "name")`), or, for a calibration study's figure, calls `wb.study` with its
     name. Cell ids as the page's anchors."""
-    try:
-        cells = json.loads(executed.read_text())["cells"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+    notebook, _ = records.inspect(executed, records.EXECUTED_NOTEBOOK)
+    cells = (notebook or {}).get("cells")
     found = {}
     for stem in stems:
         for cell in cells if isinstance(cells, list) else []:

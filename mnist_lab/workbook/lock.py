@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from .. import paths
-from ..errors import LabError
+from ..errors import LabError, printable
 
 
 def lock_path(profile: str) -> Path:
@@ -61,7 +61,7 @@ def profile_lock(profile: str, command: str):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read(200).strip() or "another process"
+            holder = printable(handle.read(200).strip() or "another process", 100)  # a file anyone may write
             raise LabError(f"the {profile} artifacts are in use by `mnist-lab {holder}`; "
                            "wait for it to finish, or stop it") from None
         handle.seek(0)

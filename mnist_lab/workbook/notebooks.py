@@ -319,9 +319,7 @@ def frozen_line(profile: str) -> str:
 def frozen_declaration_problem(profile: str) -> str | None:
     """What makes frozen/<profile>/ out of date with the studies' declaration (their candidates,
     rule, seeds, epochs), naming the commands that refresh it; None when it matches or is absent."""
-    import json
-
-    from .. import paths
+    from .. import paths, records
     from ..profiles import get_profile
     from ..runs import frozen as frozen_runs
     from .plan import study_declaration
@@ -329,7 +327,7 @@ def frozen_declaration_problem(profile: str) -> str | None:
     path = frozen_runs.folder(profile) / frozen_runs.STUDIES
     if not path.is_file():
         return None
-    frozen = json.loads(path.read_text())
+    frozen = records.load(path, records.FROZEN_STUDIES) or {}  # unusable: every field differs, and says so
     now = study_declaration(get_profile(profile), study_seeds(profile))
     changed = sorted(f"{name}: {field}" for name in {*frozen, *now}
                      for field in sorted({*(frozen.get(name) or {}), *(now.get(name) or {})})

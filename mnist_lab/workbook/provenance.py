@@ -18,14 +18,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import paths
+from .. import paths, records
 from ..errors import LabError
 from ..data import MD5
 from ..fingerprint import SCHEME as CODE_SCHEME
 from ..fingerprint import code_hash, file_hash, git_state, scheme_of
 
-__all__ = ["CODE_SCHEME", "code_hash", "data_hashes", "file_hash", "git_state", "notebook_code_hash", "read_notebook",
-           "read_record", "record_path", "record_problem", "staleness"]
+__all__ = ["CODE_SCHEME", "code_hash", "data_hashes", "file_hash", "git_state", "notebook_code_hash",
+           "read_notebook", "read_record", "record_path", "staleness"]
 
 # ---- notebooks --------------------------------------------------------------------------------
 
@@ -66,37 +66,10 @@ def record_path(profile: str, notebook: str) -> Path:
     return paths.profile_dir(profile) / "provenance" / f"{notebook}.json"
 
 
-# A notebook record's fields and their types: a record read from disk may have been written
-# by another machine or cut short, and is used only if it has this shape.
-RECORD_FIELDS = {"notebook": str, "profile": str, "parameters": dict, "notebook_hash": str, "data": dict,
-                 "git": dict, "started": str, "wall_seconds": (int, float), "sources": dict, "runs": dict,
-                 "outputs": dict, "changes": dict}
-
-
-def record_problem(record) -> str | None:
-    """What makes a notebook record unusable (None: it has the shape the runner writes)."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    for field, kind in RECORD_FIELDS.items():
-        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
-            return f"its {field!r} is missing or not a {getattr(kind, '__name__', 'number')}"
-    if not isinstance(record.get("frozen", {}), dict):  # the studies' frozen runs (absent in older records)
-        return "its 'frozen' is not an object"
-    for field in ("sources", "runs", "outputs", "frozen"):
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in record.get(field, {}).items()):
-            return f"its {field!r} holds something other than names and hashes"
-    return None
-
-
 def read_record(profile: str, notebook: str) -> dict | None:
     """The notebook's last provenance record, or None if it never ran through the runner or the
-    record is unusable (cut short, hand-edited, another shape): as if never run."""
-    path = record_path(profile, notebook)
-    try:
-        record = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-    except (OSError, ValueError):
-        return None
-    return record if record is not None and record_problem(record) is None else None
+    record is unusable (cut short, hand-edited, another shape: `records.NOTEBOOK_RECORD`): as if never run."""
+    return records.load(record_path(profile, notebook), records.NOTEBOOK_RECORD)
 
 
 def _recorded_paths(root: Path, entries: dict, what: str, reasons: list[str]):
@@ -124,8 +97,10 @@ def staleness(record: dict | None, *, notebook_file: Path, parameters: dict, pro
                        + (f" (Python {python})" if isinstance(python, str) and python.isprintable() else ""))
     else:
         for relative, digest, path in _recorded_paths(paths.ROOT, record["sources"], "source", reasons):
-            if not path.is_file():
+            if not path.exists():
                 reasons.append(f"{relative} was removed")
+            elif not path.is_file():  # hashing a folder would fail with a bare "[Errno 21]", naming no record
+                reasons.append(f"{relative}, a source its provenance record names, is not a file")
             elif code_hash(path) != digest:
                 reasons.append(f"{relative} changed")
     data_now = data_hashes()

@@ -14,10 +14,9 @@ from . import contract, latex, title
 from .contract import (PROFILE_ENTRIES, check_artifacts, check_latex_inputs, forbidden_tex, required_artifacts,
                        required_values, sources)
 from .latex import build, build_dir, first_error, pdf_path
-from .title import (NUMBER, OBJECT, STRING, info, info_tex, provenance_tex, recipes_tex, shape_problem,
-                    stale_notebooks, write_info)
+from .title import info, info_tex, provenance_tex, recipes_tex, stale_notebooks, write_info
 
-__all__ = ["NUMBER", "OBJECT", "PROFILE_ENTRIES", "STRING", "build", "build_dir", "check_artifacts",
+__all__ = ["PROFILE_ENTRIES", "build", "build_dir", "check_artifacts",
            "check_latex_inputs", "contract", "first_error", "forbidden_tex", "info", "info_tex", "latex", "pdf_path",
-           "provenance_tex", "recipes_tex", "required_artifacts", "required_values", "shape_problem", "sources",
+           "provenance_tex", "recipes_tex", "required_artifacts", "required_values", "sources",
            "stale_notebooks", "title", "write_info"]

@@ -11,12 +11,11 @@ rewritten only when their text changes, so latexmk rebuilds nothing when nothing
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ... import paths
-from ...errors import LabError, shortlist
+from ... import paths, records
+from ...errors import shortlist
 from ...files import write_text
 from ...profiles import get_profile
 from ..provenance import git_state
@@ -49,70 +48,24 @@ def _thousands(number: int) -> str:
 
 # ---- reading what the runs recorded (untrusted: it may come from another machine) ----------
 
-# What the report reads from each JSON file, as (what it must be, the check); anything else in
-# a file is never read. A file that does not match is refused with one line naming it.
-STRING = ("a string", lambda value: isinstance(value, str))
-NUMBER = ("a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool))
-INTEGER = ("an integer", lambda value: isinstance(value, int) and not isinstance(value, bool))
-OBJECT = ("an object", lambda value: isinstance(value, dict))
-OPTIONAL_STRING = ("a string or null", lambda value: value is None or isinstance(value, str))
-OPTIONAL_FLAG = ("true, false or null", lambda value: value is None or isinstance(value, bool))
-RECORD_FIELDS = {"notebook": STRING, "started": STRING, "wall_seconds": NUMBER, "git": OBJECT}
-GIT_FIELDS = {"commit": OPTIONAL_STRING, "dirty": OPTIONAL_FLAG}
-CONFIG_FIELDS = {"experiment": OBJECT, "seed": INTEGER}
-METRICS_FIELDS = {"epochs": INTEGER, "test_accuracy": NUMBER, "train_seconds": NUMBER}
-
-
-def _json_kind(value) -> str:
-    """A value's JSON type, for the error message."""
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(type(value), "a value")
-
-
-def shape_problem(data, fields: dict) -> str | None:
-    """What is wrong with `data` as an object holding `fields` (see RECORD_FIELDS), or None."""
-    if not isinstance(data, dict):
-        return f"it is {_json_kind(data)}, not an object"
-    for key, (wanted, check) in fields.items():
-        if key not in data:
-            return f"it has no {key!r}"
-        if not check(data[key]):
-            return f"its {key!r} is {_json_kind(data[key])}, not {wanted}"
-    return None
-
-
-def _read_json(path: Path, what: str, fields: dict | None = None, *, fix: str):
-    """A JSON file the report quotes, refused with one line when unreadable or not of `fields`' shape."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-        raise LabError(f"{path} is not {what} mnist-lab can read ({error}); {fix}") from None
-    problem = shape_problem(data, fields or {})
-    if problem:
-        raise LabError(f"{path} is not {what} mnist-lab can read ({problem}); {fix}")
-    return data
+def _read_json(path: Path, kind: records.Kind, *, fix: str):
+    """A JSON file the report quotes, refused with one line naming it when unreadable or not of `kind`'s
+    shape (`records`: anything else in a file is never read)."""
+    return records.read(path, kind, fix=fix)
 
 
 def _environments(directory: Path) -> list[dict]:
-    return [_read_json(path, "a training run's environment", fix=f"remove {path.parent} or train it again")
+    return [_read_json(path, records.RUN_ENVIRONMENT, fix=f"remove {path.parent} or train it again")
             for path in sorted(directory.glob("runs/*/environment.json"))]
 
 
 def _records(directory: Path) -> list[dict]:
     """The notebooks' provenance records (written by the runner after each successful execution)."""
-    records = []
+    found = []
     for path in sorted(directory.glob("provenance/*.json")):
         fix = f"run the notebook again: `mnist-lab run --profile {directory.name} {path.stem}`"
-        record = _read_json(path, "a notebook's provenance record", RECORD_FIELDS, fix=fix)
-        problem = shape_problem(record["git"], GIT_FIELDS)
-        if problem:
-            raise LabError(f"{path} is not a notebook's provenance record mnist-lab can read (its 'git': "
-                           f"{problem.removeprefix('it ')}); {fix}")
-        records.append(record)
-    return records
+        found.append(_read_json(path, records.NOTEBOOK_RECORD, fix=fix))
+    return found
 
 
 def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
@@ -123,11 +76,8 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
     runs = []
     for config_path in sorted(directory.glob("runs/*/config.json")):
         fix = f"remove {config_path.parent} or train it again"
-        config = _read_json(config_path, "a training run's config", CONFIG_FIELDS, fix=fix)
-        if not isinstance(config["experiment"].get("model"), str) or not OPTIONAL_STRING[1](config.get("fingerprint")):
-            raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its model "
-                           f"or its fingerprint is not a string); {fix}")
-        metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
+        config = _read_json(config_path, records.RUN_CONFIG, fix=fix)
+        metrics = _read_json(config_path.parent / "metrics.json", records.RUN_METRICS, fix=fix)
         # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
         # and how many more; a run no index names, by its model.
         called = sorted({label.rpartition(" seed ")[0] for label in names.get(config.get("fingerprint") or "", [])},
@@ -151,9 +101,10 @@ def _run_date(directory: Path) -> datetime | None:
     times = [_parse_time(record.get("started", "")) for record in _records(directory)]
     if not any(times):
         for path in directory.glob("notebooks/*.ipynb"):
+            executed, _ = records.inspect(path, records.EXECUTED_NOTEBOOK)
             try:
-                times.append(_parse_time(json.loads(path.read_bytes())["metadata"]["papermill"]["end_time"]))
-            except (OSError, KeyError, TypeError, ValueError):
+                times.append(_parse_time(executed["metadata"]["papermill"]["end_time"]))
+            except (KeyError, TypeError):
                 continue
     if not any(times):
         times = [datetime.fromtimestamp(p.stat().st_mtime, timezone.utc) for p in directory.glob("runs/*/metrics.json")]
