@@ -274,7 +274,7 @@ def _train(args) -> None:
                       cuda_graphs=not args.no_cuda_graphs, deterministic=args.deterministic)
     out = args.out.resolve() if args.out else None
     if out:
-        check_replaceable(out)  # before training, not after: never the user's own files
+        check_replaceable(out, verified=True)  # before training, not after: never the user's own files
     data = load_mnist(args.data_root, download=args.download)
     cache = RunCache(paths.ARTIFACTS / "runs")  # `train`'s own cache: the same command twice trains once
     run = cache.get(spec)
@@ -321,8 +321,11 @@ def _unpack(args) -> None:
 
 def _bench(args) -> None:
     from .bench import benchmark
-
+    from .files import check_output
     from .machine import cpu_slot
+
+    if args.out:
+        check_output(args.out, "bench")  # before minutes of timing, as pack's --out
 
     # The whole benchmark holds the machine's CPU slot; its two sides, which it starts, take turns under it.
     with cpu_slot("the benchmark"):

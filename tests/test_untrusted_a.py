@@ -160,3 +160,69 @@ def test_5_notebook_outputs_and_prose_lose_refresh_base_form_and_script(tmp_path
         assert gone not in body.lower(), gone
     assert "<td>98.76</td>" in body  # what a table needs survives
     assert "<h1" in body and "Hostile" in body
+
+
+# ---- 6. every output path is checked like `pack --out` ------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["bench", "--models", "basic_cnn", "--images", "64", "--repeats", "1"],
+                                  ["pack", "--profile", "smoke"]])
+def test_6_a_character_device_is_refused_as_an_output_in_one_line(capsys, argv):
+    null = Path("/dev/null")  # only looked at: the check comes before anything is measured or written
+    assert main([*argv, "--out", str(null)]) == 1
+    error = _one_line(capsys)
+    assert "/dev/null is a character device" in error and "writes only to a regular file or a new path" in error
+    assert null.is_char_device()
+
+
+def test_6_bench_out_refuses_a_fifo_and_a_link(tmp_path, capsys):
+    for name, make in (("fifo", os.mkfifo), ("link", lambda path: path.symlink_to(tmp_path / "elsewhere"))):
+        out = tmp_path / name
+        make(out)
+        assert main(["bench", "--models", "basic_cnn", "--out", str(out)]) == 1
+        assert f"{out} is a" in _one_line(capsys)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_6_train_out_keeps_a_user_folder_whose_record_is_not_a_verified_run(tmp_path, capsys):
+    """The issue's case: a folder of the user's own holding only config.json and provenance.json,
+    the latter even of a run record's shape, is no run of this project: refused, kept as it was."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}\n')
+    (folder / "provenance.json").write_text(json.dumps({"fingerprint": "mine", "inputs": {}, "code": {}, "data": {}}))
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    argv = ["train", "basic_cnn", "--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--device", "cpu",
+            "--no-progress", "--out", str(folder)]
+    assert main(argv) == 1
+    assert "holds files that are not a verified training run" in _one_line(capsys)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+# ---- 7. every weight load reads tensors only -------------------------------------------------------------
+
+
+def _torch_loads(source: str):
+    """Each `torch.load(...)` call in Python source, with whether it passes weights_only=True."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            yield node.lineno, any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                                   for k in node.keywords)
+
+
+def test_7_every_torch_load_in_the_package_and_the_notebooks_is_weights_only():
+    import nbformat
+
+    sources = {str(path.relative_to(ROOT)): path.read_text() for path in (ROOT / "mnist_lab").rglob("*.py")}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), path  # no outputs
+        code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+        sources[str(path.relative_to(ROOT))] = "\n".join(
+            "\n".join(line for line in cell.splitlines() if not line.lstrip().startswith(("%", "!"))) for cell in code)
+    loads = {(name, line): safe for name, source in sources.items() for line, safe in _torch_loads(source)}
+    assert any(name.startswith("notebooks/q1_convolution") for name, _ in loads)  # the issue's load is seen
+    assert [where for where, safe in loads.items() if not safe] == []

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import LabError
-from ..files import atomic_dir, atomic_path
+from ..files import atomic_dir, atomic_path, check_output, kind
 from ..profiles import get_profile
 from . import provenance
 from .lock import profile_lock
@@ -87,14 +87,7 @@ def pack(profile: str, out: Path | None = None) -> Path:
 
 
 def _check_out(target: Path) -> None:
-    """Pack writes a regular file or a new path. It renames its result over the target, which would
-    replace a device node, a fifo or a link instead of writing to it (and fail on a folder, late)."""
-    try:
-        mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise LabError(f"{target} is {_kind(mode)}; pack writes only to a regular file or a new path: name one")
+    check_output(target, "pack")  # the one check every writer of a user's path shares
 
 
 def _entries(directory: Path):
@@ -182,10 +175,7 @@ def _is_record(relative: str) -> bool:
     return relative.startswith("provenance/") and relative.count("/") == 1 and relative.endswith(".json")
 
 
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
+_kind = kind
 
 
 # ---- unpack -------------------------------------------------------------------------------------
