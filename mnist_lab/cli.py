@@ -262,7 +262,7 @@ def _train(args) -> None:
     from .data import load_mnist
     from .experiments import get_experiment
     from .files import atomic_dir
-    from .runs import RunCache, check_replaceable
+    from .runs import RunCache, check_replaceable, checkpoints
     from .spec import RunSpec
     from .train import fit
 
@@ -280,12 +280,14 @@ def _train(args) -> None:
     run = cache.get(spec)
     if run is None:
         # Saved after every epoch: running the same command again after an interruption resumes.
+        # Only a checkpoint a training here saved is resumed (runs/checkpoints.py): another is ignored.
         checkpoint = cache.checkpoint(spec)
-        if checkpoint.exists():
+        if checkpoints.prepare(checkpoint):
             print(f"found {checkpoint}: resuming after its last completed epoch")
         run = cache.put(fit(spec, label=f"{experiment.name} seed {args.seed}", data=data,
-                            progress=not args.no_progress, checkpoint=checkpoint))
-        checkpoint.unlink(missing_ok=True)
+                            progress=not args.no_progress, checkpoint=checkpoint,
+                            on_epoch_end=checkpoints.recording(checkpoint)))
+        checkpoints.discard(checkpoint)
         verb = "trained"
     else:
         verb = "already in the run cache"

@@ -226,3 +226,63 @@ def test_7_every_torch_load_in_the_package_and_the_notebooks_is_weights_only():
     loads = {(name, line): safe for name, source in sources.items() for line, safe in _torch_loads(source)}
     assert any(name.startswith("notebooks/q1_convolution") for name, _ in loads)  # the issue's load is seen
     assert [where for where, safe in loads.items() if not safe] == []
+
+
+# ---- 3. checkpoints resume only what this machine started -------------------------------------------------
+
+TRAIN_CNN = ["train", "cnn", "--epochs", "1", "--limit-train", "500", "--limit-test", "200", "--no-progress"]
+
+
+def _cli_spec():
+    """The spec `mnist-lab train cnn --epochs 1 --limit-train 500 --limit-test 200` trains (cli._train)."""
+    from mnist_lab.experiments import get_experiment
+    from mnist_lab.spec import RunSpec
+
+    return RunSpec.of(get_experiment("cnn").replace(epochs=1), 0, device="auto", precision="auto", limit_train=500,
+                      limit_test=200, fast=True, cuda_graphs=True, deterministic=False)
+
+
+def test_3_a_planted_checkpoint_claiming_99_99_percent_is_ignored_and_the_run_trained(mnist, tmp_path, capsys):
+    import torch
+
+    from mnist_lab.runs import RunCache
+    from mnist_lab.runs.checkpoints import record_path
+    from mnist_lab.train import fit
+
+    spec = _cli_spec()
+    genuine = tmp_path / "genuine.checkpoint.pt"
+    fit(spec, data=mnist, progress=False, checkpoint=genuine)  # a real checkpoint: its identity matches
+    state = torch.load(genuine, weights_only=True)
+    assert state["epoch"] == 1
+    for row in state["rows"]:
+        row.update(test_accuracy=99.99, train_accuracy=99.99)
+    planted = RunCache(paths.ARTIFACTS / "runs").checkpoint(spec)  # where `train` resumes this run from
+    planted.parent.mkdir(parents=True)
+    torch.save(state, planted)
+    capsys.readouterr()
+    assert main(TRAIN_CNN) == 0
+    printed = capsys.readouterr().out
+    assert f"ignoring checkpoint {planted}: not written by a training on this machine" in printed
+    assert "99.99" not in printed and "resuming" not in printed
+    assert not planted.exists() and not record_path(planted).exists()
+
+
+def test_3_a_checkpoint_written_here_still_resumes(mnist, tmp_path, capsys):
+    """The point of a checkpoint: a training interrupted here resumes, and its run is the run it was."""
+    import torch
+
+    from mnist_lab.runs import RunCache
+    from mnist_lab.runs import checkpoints
+    from mnist_lab.train import fit
+
+    spec = _cli_spec()
+    checkpoint = RunCache(paths.ARTIFACTS / "runs").checkpoint(spec)
+    checkpoint.parent.mkdir(parents=True)
+    fit(spec, data=mnist, progress=False, checkpoint=checkpoint, on_epoch_end=checkpoints.recording(checkpoint))
+    assert checkpoints.written_here(checkpoint)
+    accuracy = torch.load(checkpoint, weights_only=True)["rows"][-1]["test_accuracy"]
+    capsys.readouterr()
+    assert main(TRAIN_CNN) == 0
+    printed = capsys.readouterr().out
+    assert f"found {checkpoint}: resuming" in printed and f"test accuracy {accuracy:.2f}%" in printed
+    assert not checkpoint.exists() and not checkpoints.record_path(checkpoint).exists()
