@@ -286,3 +286,39 @@ def test_3_a_checkpoint_written_here_still_resumes(mnist, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"found {checkpoint}: resuming" in printed and f"test accuracy {accuracy:.2f}%" in printed
     assert not checkpoint.exists() and not checkpoints.record_path(checkpoint).exists()
+
+
+# ---- 4. the PDF's appendix lists only verified runs --------------------------------------------------------
+
+
+@pytest.mark.parametrize("forgery", ["no record", "a record of its own", "a genuine run's files, changed"])
+def test_4_a_forged_run_claiming_99_99_percent_is_not_in_the_appendix(project, forgery):
+    import shutil
+
+    from mnist_lab.workbook import report
+
+    runs = project / "artifacts" / "smoke" / "runs"
+    genuine = next(path for path in sorted(runs.iterdir()) if archive.RUN_FOLDER.fullmatch(path.name))
+    before = report.provenance_tex("smoke")
+    assert "99.99" not in before and genuine.name[:12] in before  # a verified run is listed, by its key
+    forged = runs / ("f" * 16)
+    shutil.copytree(genuine, forged)
+    metrics = json.loads((forged / "metrics.json").read_text())
+    (forged / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": 99.99}))
+    if forgery == "no record":
+        (forged / "provenance.json").unlink()
+    elif forgery == "a record of its own":  # the key its folder claims, the hashes of what it holds
+        record = json.loads((forged / "provenance.json").read_text())
+        record["fingerprint"] = "f" * 64
+        record["files"]["metrics.json"] = hashlib.sha256((forged / "metrics.json").read_bytes()).hexdigest()
+        (forged / "provenance.json").write_text(json.dumps(record))
+        config = json.loads((forged / "config.json").read_text())
+        (forged / "config.json").write_text(json.dumps({**config, "fingerprint": "f" * 64}))
+        record["files"]["config.json"] = hashlib.sha256((forged / "config.json").read_bytes()).hexdigest()
+        (forged / "provenance.json").write_text(json.dumps(record))
+        shutil.rmtree(genuine)  # and the genuine run's key is not it either: only `ffff…` is there
+    else:
+        shutil.rmtree(genuine)
+        forged.rename(genuine)  # the genuine run's folder, its metrics changed after the run
+    appendix = report.provenance_tex("smoke")
+    assert "99.99" not in appendix

@@ -116,7 +116,11 @@ def _records(directory: Path) -> list[dict]:
 
 
 def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
-    """Each training run's names (from the run cache's index), config and metrics, by name."""
+    """Each verified training run's names (from the run cache's index), config and metrics, by name.
+
+    Only runs the run cache would hand out are listed (`_verified`): a folder of config.json and
+    metrics.json claiming any accuracy, planted or cut, is not a run, and the appendix lists runs.
+    A file that is not of a run's shape is still one line naming it, as before."""
     from ...runs import RunCache
 
     names = RunCache(directory / "runs").names()  # an index of another shape names nothing
@@ -128,6 +132,8 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
             raise LabError(f"{config_path} is not a training run's config mnist-lab can read (its model "
                            f"or its fingerprint is not a string); {fix}")
         metrics = _read_json(config_path.parent / "metrics.json", "a training run's metrics", METRICS_FIELDS, fix=fix)
+        if not _verified(config_path.parent):
+            continue  # as if absent: `mnist-lab status --runs` names what is wrong with it
         # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
         # and how many more; a run no index names, by its model.
         called = sorted({label.rpartition(" seed ")[0] for label in names.get(config.get("fingerprint") or "", [])},
@@ -136,6 +142,27 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
             config["experiment"]["model"]
         runs.append((name, config, metrics))
     return sorted(runs, key=lambda run: (run[0], run[1]["seed"]))
+
+
+def _verified(folder: Path) -> bool:
+    """The run cache's own test of a run (runs/cache.py, runs/directory.py): a record of this
+    project's whose key is the hash of what it records (fingerprint.run_record: its inputs, code and
+    data, as recorded, so a run of older code still counts) and begins the folder's name, and every
+    file the one it hashes. (Someone who can write artifacts/ and recompute every hash is out of
+    scope: docs/.)"""
+    import hashlib
+
+    from ...runs.cache import KEY_LENGTH
+    from ...runs.directory import read_run_record, run_file_problems
+
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    record = read_run_record(folder)
+    if record is None:
+        return False
+    hashed = {"inputs": record["inputs"], "code": record["code"], "data": record["data"]}
+    key = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
+    return record["fingerprint"] == key and key[:KEY_LENGTH] == folder.name and not run_file_problems(folder)
 
 
 def _parse_time(text: str) -> datetime | None:
