@@ -275,7 +275,7 @@ def _train(args) -> None:
     from .data import load_mnist
     from .experiments import get_experiment
     from .files import atomic_dir
-    from .runs import RunCache, check_replaceable
+    from .runs import RunCache, check_replaceable, checkpoints
     from .spec import RunSpec
     from .train import fit
 
@@ -287,18 +287,20 @@ def _train(args) -> None:
                       cuda_graphs=not args.no_cuda_graphs, deterministic=args.deterministic)
     out = args.out.resolve() if args.out else None
     if out:
-        check_replaceable(out)  # before training, not after: never the user's own files
+        check_replaceable(out, verified=True)  # before training, not after: never the user's own files
     data = load_mnist(args.data_root, download=args.download)
     cache = RunCache(paths.ARTIFACTS / "runs")  # `train`'s own cache: the same command twice trains once
     run = cache.get(spec)
     if run is None:
         # Saved after every epoch: running the same command again after an interruption resumes.
+        # Only a checkpoint a training here saved is resumed (runs/checkpoints.py): another is ignored.
         checkpoint = cache.checkpoint(spec)
-        if checkpoint.exists():
+        if checkpoints.prepare(checkpoint):
             print(f"found {checkpoint}: resuming after its last completed epoch")
         run = cache.put(fit(spec, label=f"{experiment.name} seed {args.seed}", data=data,
-                            progress=not args.no_progress, checkpoint=checkpoint))
-        checkpoint.unlink(missing_ok=True)
+                            progress=not args.no_progress, checkpoint=checkpoint,
+                            on_epoch_end=checkpoints.recording(checkpoint)))
+        checkpoints.discard(checkpoint)
         verb = "trained"
     else:
         verb = "already in the run cache"
@@ -354,8 +356,11 @@ def _unpack(args) -> None:
 
 def _bench(args) -> None:
     from .bench import benchmark
-
+    from .files import check_output
     from .machine import cpu_slot
+
+    if args.out:
+        check_output(args.out, "bench")  # before minutes of timing, as pack's --out
 
     # The whole benchmark holds the machine's CPU slot; its two sides, which it starts, take turns under it.
     with cpu_slot("the benchmark"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,3 +67,25 @@ def atomic_dir(target: str | Path):
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def kind(mode: int) -> str:
+    """What a file of this st_mode is, as an error line names it."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_output(target: str | Path, writer: str) -> None:
+    """Every writer of a file the user names (`pack --out`, `bench --out`) writes a regular file or a
+    new path, checked before any work: it renames its result over the target (atomic_path), which
+    would replace a device node (/dev/null, as root), a fifo or a link instead of writing to it, and
+    fail on a folder, late."""
+    from .errors import LabError
+
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise LabError(f"{target} is {kind(mode)}; {writer} writes only to a regular file or a new path: name one")

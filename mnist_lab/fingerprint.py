@@ -181,8 +181,16 @@ def keyed(value: dict, code: dict, data: dict, scheme: str = SCHEME) -> dict:
     """The record of a run's value, code hashes (under `scheme`) and data, with its key: the
     SHA-256 of the rest as sorted, ASCII JSON, text that no interpreter or host changes."""
     record = {"inputs": value, "code": code, "code_scheme": scheme, "data": data}
-    record["fingerprint"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-    return record
+    return {**record, "fingerprint": key_of(record)}
+
+
+def key_of(record: dict) -> str:
+    """The key a record's own fields give: its value, code hashes and data, and its scheme where
+    it names one (records before schemes had names hashed without the field)."""
+    hashed = {name: record.get(name) for name in ("inputs", "code", "data")}
+    if "code_scheme" in record:
+        hashed["code_scheme"] = record["code_scheme"]
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
 
 
 def scheme_of(record: dict) -> str:

@@ -281,7 +281,7 @@ def test_files_missing_from_or_extra_to_the_manifest_are_refused(project, packed
     if change == "missing":
         del contents[next(name for name in contents if name.startswith("smoke/macros/"))]
     else:
-        contents["smoke/html/extra.html"] = b"<script>"
+        contents["smoke/macros/extra.tex"] = b"% not in the manifest"
     hostile = _write(tmp_path / "changed.tar.gz", contents, manifest=False)
     assert message in _refused(capsys, project, victim, ["unpack", str(hostile)])
 

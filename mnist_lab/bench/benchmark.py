@@ -151,6 +151,10 @@ def run(models: tuple[str, ...] = MODELS, *, images: int = 1024, repeats: int = 
         device: str = "cpu", root: str | Path | None = None, out: str | Path | None = None,
         progress: bool = True) -> dict:
     """Measure, write `out` (default artifacts/bench/bench.json) atomically, and return the results."""
+    from ..files import check_output
+
+    if out:
+        check_output(out, "bench")  # before the measuring, not after it: never over a device node or a link
     data = load_mnist(root)
     images = min(images, len(data.train))
     experiments = {name: get_experiment(name) for name in models}

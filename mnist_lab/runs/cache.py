@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import paths, records
 from ..errors import LabError
 from ..files import write_json
-from ..fingerprint import differences, run_record
+from ..fingerprint import differences, key_of, run_record
 from ..spec import RunSpec
 from .directory import Run, load_run, read_run_record, run_file_problems, save_run
 
@@ -143,6 +143,20 @@ def staleness(run_directory: Path, fingerprint: str | None = None, name: str | N
     if "the MNIST data" in found:
         reasons.append(f"MNIST data changed ({name})")
     return reasons
+
+
+def verified(directory: Path) -> bool:
+    """Whether a run folder is a run to show as a result (the appendix, the pages, the headline):
+    a record of this project's whose key is what its own fields hash to and names the folder, and
+    every file the one it hashes (its weights may have been left out when packed). A run of older
+    code still counts: it is what it says it is, and staleness says it is old. (Someone who can
+    write artifacts/ and recompute every hash is out of scope: docs/security.md.)"""
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    record = read_run_record(directory)
+    return (record is not None and record["fingerprint"] == key_of(record)
+            and record["fingerprint"][:KEY_LENGTH] == directory.name and not run_file_problems(directory, weights=False))
 
 
 def hashed_by(run_directory: Path) -> str | None:

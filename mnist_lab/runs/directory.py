@@ -78,9 +78,14 @@ def run_file_problems(run_directory: Path, weights: bool = True) -> list[str]:
     return problems
 
 
-def check_replaceable(directory: str | Path) -> None:
+def check_replaceable(directory: str | Path, verified: bool = False) -> None:
     """`save_run` may write `directory`: absent, empty, or a run directory holding exactly the
-    files a run writes; never the user's own files, which are named in the refusal."""
+    files a run writes; never the user's own files, which are named in the refusal.
+
+    `verified` (a folder the user names, `train --out`): a folder that holds files must hold a run
+    of this project whose every file matches its record; a user's own config.json and
+    provenance.json are not one. The run cache's own folders are not held to it, so that a damaged
+    run there is trained again over."""
     directory = Path(directory)
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
         raise LabError(f"{directory} is a file, not a run directory; choose a new folder for the run")
@@ -92,6 +97,10 @@ def check_replaceable(directory: str | Path) -> None:
                            "choose a new or empty folder")
         if entries and not (directory / "provenance.json").is_file():
             raise LabError(f"{directory} holds files that are not a training run (no provenance.json); "
+                           "choose a new or empty folder")
+        problems = run_file_problems(directory) if entries and verified else []
+        if problems:
+            raise LabError(f"{directory} holds files that are not a verified training run ({problems[0]}); "
                            "choose a new or empty folder")
     for parent in directory.parents:
         if parent.exists():

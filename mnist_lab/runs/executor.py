@@ -108,12 +108,15 @@ def train_here(cache, run: Planned, data, printer, prefix: str = "", progress: b
         printer(f"{prefix}{run.name}: epoch {row['epoch']}/{epochs}, {images / row['train_seconds']:,.0f} images/s, "
                 f"loss {row['train_loss']:.4f}, test accuracy {row['test_accuracy']:.2f}%, {human_seconds(left)} left")
 
+    from . import checkpoints
+
     checkpoint = cache.checkpoint(spec)
+    checkpoints.prepare(checkpoint, printer)  # one resumed only if a training here saved it
     options = {"bar": bar} if bar else {}
     result = fit(spec, label=run.name, data=data, progress=progress, checkpoint=checkpoint,
-                 on_epoch_end=epoch_line, announce=announce, **options)
+                 on_epoch_end=checkpoints.recording(checkpoint, epoch_line), announce=announce, **options)
     stored = cache.put(result)
-    checkpoint.unlink(missing_ok=True)
+    checkpoints.discard(checkpoint)
     return stored
 
 

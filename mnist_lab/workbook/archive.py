@@ -1,11 +1,12 @@
 """One profile's artifacts as one file: made where the GPU is, built into a PDF where TeX is.
 
 `mnist-lab pack --profile full` writes artifacts/full.tar.gz: the runs, figures, tables,
-macros, executed notebooks, pages, provenance records and report files (not LaTeX's working
-files or a staging folder), and MANIFEST.json, the size and SHA-256 of every file in it.
+macros, executed notebooks, provenance records and report files (results, not this machine's
+state: no LaTeX working files, staging folder, checkpoint, lock or page), and MANIFEST.json,
+the size and SHA-256 of every file in it.
 `mnist-lab unpack FILE` takes an archive as untrusted input. It checks every header before
 extracting anything: folders and regular files only (no links, devices, absolute paths or
-`..`), with the names pack writes, within MAX_BYTES and MAX_MEMBERS, exactly the files of the
+`..`, no pax global header, at most MAX_DEPTH parts), with the names pack writes, within MAX_BYTES and MAX_MEMBERS, exactly the files of the
 manifest. Then, under the profile's lock, it extracts into a fresh folder, checks each file's
 hash and each provenance record's paths (inside the profile), and only then replaces the
 profile's folder as a whole; any refusal leaves the previous one as it was. `mnist-lab report`
@@ -19,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from .. import paths, records
 from ..errors import LabError
-from ..files import atomic_dir, atomic_path
+from ..files import atomic_dir, atomic_path, check_output, kind
 from ..profiles import get_profile
 from ..runs.directory import WEIGHTS
 from .lock import profile_lock
@@ -36,16 +38,31 @@ from .lock import profile_lock
 MANIFEST = "MANIFEST.json"
 # What pack carries from a profile's folder: what the runner, the pages and the report write there.
 # Unpack accepts these names and MANIFEST.json at the top, nothing else.
-PACKED = frozenset({"runs", "figures", "tables", "macros", "notebooks", "provenance", "html", "index.html",
+# An archive carries results, not state: no checkpoint (a resumed one would become a run: see
+# runs/checkpoints.py), no lock, and no page. The pages (html/, index.html) are left out and
+# refused rather than kept and trusted: a page is a view of the executed notebooks, which the
+# archive does carry, and `mnist-lab report` writes every page from them on this machine, cleaned
+# (workbook/html.py), whereas a kept page would be skipped by the export when dated after its notebook.
+PACKED = frozenset({"runs", "figures", "tables", "macros", "notebooks", "provenance",
                     "report.pdf", "report_info.tex", "recipes_table.tex", "provenance_table.tex"})
+PAGES = frozenset({"html", "index.html"})
 # What stays behind: this machine's working files (and the lock file older versions kept there),
-# and what notebooks explored by hand wrote (scratch/).
-LEFT_OUT = {".lock", ".staging", "latex", "latex.partial", "latex-failed.log", "scratch"}
+# the run cache's lock, the pages, and what notebooks explored by hand wrote (scratch/).
+LEFT_OUT = {".lock", ".staging", "latex", "latex.partial", "latex-failed.log", "scratch", ".index.lock", *PAGES}
+# What a run cache (runs/) holds that an archive carries: its index of names, the side-by-side
+# footprints, and each run's folder (runs.cache: KEY_LENGTH hex digits) with the files a run writes
+# (runs.directory.RUN_FILES). Names starting with "." are this machine's state (checkpoints, the
+# index's lock, a save cut short): pack leaves them out and unpack refuses them.
+RUNS_FILES = frozenset({"index.json", "footprints.json"})
+RUN_FOLDER = re.compile(r"[0-9a-f]{16}")
+RUN_FILES = frozenset({"config.json", "history.csv", "metrics.json", "predictions.csv", "environment.json", "model.pt",
+                       "provenance.json"})  # runs.directory.RUN_FILES, without importing torch for a name
 MAX_BYTES = 2 * 1024**3  # what unpack extracts at most, as the headers declare it; a full profile is ~100 MB
 MAX_MEMBERS = 100_000
-MAX_PATH_DEPTH = 32  # folders in a member's path; pack's deepest is 4 (runs/<key>/file under the profile)
 MAX_MANIFEST_BYTES = 32 * 1024**2
 MAX_READ = 16 * 1024**2  # the most tarfile may read at once: it reads a pax or long-name header whole
+MAX_DEPTH = 32  # path parts in a member's name; pack writes at most 4 (smoke/runs/KEY/file)
+MAX_SHOWN = 60  # characters of a member's name an error line quotes: the line stays one of at most 300
 CHUNK = 1024**2
 
 
@@ -76,14 +93,7 @@ def pack(profile: str, out: Path | None = None, weights: bool = True) -> Path:
 
 
 def _check_out(target: Path) -> None:
-    """Pack writes a regular file or a new path. It renames its result over the target, which would
-    replace a device node, a fifo or a link instead of writing to it (and fail on a folder, late)."""
-    try:
-        mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise LabError(f"{target} is {_kind(mode)}; pack writes only to a regular file or a new path: name one")
+    check_output(target, "pack")  # the one check every writer of a user's path shares
 
 
 def _entries(directory: Path):
@@ -94,11 +104,17 @@ def _entries(directory: Path):
 
 
 def _tree(path: Path, directory: Path):
+    relative = path.relative_to(directory).as_posix()
+    if relative.startswith("runs/") and path.name.startswith("."):
+        return  # this machine's state, not a result (a checkpoint, a lock, a save cut short)
     info = path.lstat()
     if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):  # unpack would refuse it
         raise LabError(f"{path} is {_kind(info.st_mode)}; an archive carries folders and regular files only: "
                        "replace it with a copy or remove it, and pack again")
-    yield path.relative_to(directory).as_posix(), path, info
+    problem = _runs_problem(relative, stat.S_ISDIR(info.st_mode))
+    if problem:  # unpack would refuse it
+        raise LabError(f"{path} is {problem}: move it out of the run cache and pack again")
+    yield relative, path, info
     if stat.S_ISDIR(info.st_mode):
         for child in sorted(path.iterdir()):
             yield from _tree(child, directory)
@@ -138,6 +154,20 @@ def _add_manifest(archive: tarfile.TarFile, profile: str, files: dict) -> None:
     archive.addfile(member, io.BytesIO(data))
 
 
+def _runs_problem(relative: str, folder: bool) -> str | None:
+    """What makes a path under runs/ something pack does not carry (None: it carries it)."""
+    parts = relative.split("/")
+    if parts[0] != "runs" or (len(parts) == 1 and folder):
+        return None
+    if len(parts) == 2 and ((folder and RUN_FOLDER.fullmatch(parts[1])) or (not folder and parts[1] in RUNS_FILES)):
+        return None
+    if len(parts) == 3 and not folder and RUN_FOLDER.fullmatch(parts[1]) and parts[2] in RUN_FILES:
+        return None
+    if parts[-1].startswith(".") and parts[-1].endswith(".checkpoint.pt"):
+        return "a training checkpoint, this machine's state, which an archive never carries"
+    return "not a run, a run's file or the run cache's index"
+
+
 def _lacking(files: set[str]) -> str | None:
     """What a profile lacks to be worth carrying (pack and unpack agree on it), or None."""
     if not any(_is_record(relative) for relative in files):
@@ -156,10 +186,7 @@ def _is_record(relative: str) -> bool:
     return relative.startswith("provenance/") and relative.count("/") == 1 and relative.endswith(".json")
 
 
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
+_kind = kind
 
 
 # ---- unpack -------------------------------------------------------------------------------------
@@ -221,12 +248,37 @@ class _Bounded:
         return self.stream.tell()
 
 
+class _Forbidden(Exception):
+    """A header unpack refuses before tarfile acts on it; the message is the reason."""
+
+
+class _Checked(tarfile.TarInfo):
+    """Each header as tarfile reads it, refusing a pax *global* header before its data is read.
+    tarfile copies a global header's keywords into every later member's pax_headers: one of 11.6 MB
+    (under MAX_READ) before N members costs N copies, gigabytes for a 2 MB archive. Pack never
+    writes one (it writes GNU headers), so it is refused outright rather than bounded."""
+
+    def _proc_member(self, tarfile_):  # tarfile's one dispatch on a header's type (3.10 to 3.13)
+        if self.type == tarfile.XGLTYPE:
+            raise _Forbidden(f"it holds a pax global header ({self.size} bytes), which `mnist-lab pack` "
+                             "never writes")
+        return super()._proc_member(tarfile_)
+
+
+@contextmanager
+def _forbidden(archive_path: Path):
+    try:
+        yield
+    except _Forbidden as error:
+        raise _refused(archive_path, str(error)) from None
+
+
 @contextmanager
 def _open(archive_path: Path):
-    with _reading(archive_path):
+    with _forbidden(archive_path), _reading(archive_path):
         stream = gzip.open(archive_path, "rb")  # decompressed here, so that every read goes through _Bounded
         try:
-            archive = tarfile.open(fileobj=_Bounded(stream), mode="r:")
+            archive = tarfile.open(fileobj=_Bounded(stream), mode="r:", tarinfo=_Checked)
         except BaseException:
             stream.close()
             raise
@@ -239,7 +291,7 @@ def _survey(archive: tarfile.TarFile, archive_path: Path) -> tuple[str, list, di
     paths inside it) and the manifest's files. Sizes are added up as the headers arrive, so an archive
     that declares too much is refused before the data after that header is even decompressed."""
     profile, members, files, seen, total = None, [], None, set(), 0
-    with _reading(archive_path):
+    with _forbidden(archive_path), _reading(archive_path):
         for member in archive:
             if len(seen) >= MAX_MEMBERS:
                 raise _refused(archive_path, f"it holds over {MAX_MEMBERS} members, more than a profile")
@@ -248,7 +300,7 @@ def _survey(archive: tarfile.TarFile, archive_path: Path) -> tuple[str, list, di
             if top != profile:
                 raise _refused(archive_path, f"it holds two profiles, {profile} and {top}")
             if relative in seen:
-                raise _refused(archive_path, f"{member.name!r} appears twice")
+                raise _refused(archive_path, f"{_shown(member.name)} appears twice")
             seen.add(relative)
             total += member.size
             if total > MAX_BYTES:
@@ -270,26 +322,40 @@ def _survey(archive: tarfile.TarFile, archive_path: Path) -> tuple[str, list, di
 def _member_path(member: tarfile.TarInfo, archive_path: Path) -> tuple[str, str]:
     """(profile, path inside it) of a member: a plain relative path, a folder or a regular file, a known name."""
     name, parts = member.name, member.name.split("/")
+    if len(parts) > MAX_DEPTH:  # before anything makes its folders or quotes it whole
+        raise _refused(archive_path, f"the member {_shown(name)} is {len(parts)} parts deep, over the "
+                                     f"{MAX_DEPTH} accepted")
     if "\0" in name or any(part in ("", ".", "..") for part in parts):  # an absolute path starts with ""
-        raise _refused(archive_path, f"the member {name!r} is not a plain relative path")
-    if len(parts) > MAX_PATH_DEPTH:  # making its folders would recurse once per level
-        raise _refused(archive_path, f"a member is {len(parts)} folders deep, over the {MAX_PATH_DEPTH} accepted")
+        raise _refused(archive_path, f"the member {_shown(name)} is not a plain relative path")
     regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
     if not (member.isdir() or regular):
-        raise _refused(archive_path, f"{name!r} is {_member_kind(member)}; "
+        raise _refused(archive_path, f"{_shown(name)} is {_member_kind(member)}; "
                                      "unpack accepts folders and regular files only")
     if member.size < 0:
-        raise _refused(archive_path, f"{name!r} declares a negative size")
+        raise _refused(archive_path, f"{_shown(name)} declares a negative size")
     try:
         get_profile(parts[0])
     except LabError:
         raise _refused(archive_path, f"its top folder {parts[0]!r} is not a profile") from None
     relative = "/".join(parts[1:])
+    if relative and parts[1] in PAGES:
+        raise _refused(archive_path, f"{_shown(name)} is a page: pages are written by `mnist-lab report` from the "
+                                     "notebooks, never carried (pack it again with this version)")
+    problem = _runs_problem(relative, member.isdir()) if relative else None
+    if problem:
+        raise _refused(archive_path, f"{_shown(name)} is {problem}")
     known = parts[1] in PACKED if relative else member.isdir()
     if not (known or (relative == MANIFEST and regular)):
-        raise _refused(archive_path, f"{name!r} is not something `mnist-lab pack` writes "
+        raise _refused(archive_path, f"{_shown(name)} is not something `mnist-lab pack` writes "
                                      f"(under {parts[0]}/ it writes {', '.join(sorted(PACKED))}, {MANIFEST})")
     return parts[0], relative
+
+
+def _shown(name: str) -> str:
+    """A member's name as an error line quotes it: repr (no control characters reach the terminal),
+    cut and marked when long."""
+    shown = repr(name)
+    return shown if len(shown) <= MAX_SHOWN else f"{shown[:MAX_SHOWN]}… ({len(name)} characters)"
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:

@@ -36,6 +36,41 @@ _PLACEHOLDER = "MNISTLABFORMULA{:05d}X"
 CONTENT_SECURITY_POLICY = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
                            'img-src data: file:; style-src \'unsafe-inline\' data:; font-src data:">')
 _THUMBNAIL = re.compile(r"figures/[^/\\.][^/\\]*\.png")  # a figure's image, in figures/ itself
+# What a page keeps of a notebook's HTML (its outputs and its rendered prose), cleaned by bleach (the
+# library nbconvert's SanitizeHTML uses): what pandas tables, Markdown and MathML need, nothing that
+# runs, navigates, submits or re-bases a link (script, meta, base, form, iframe, object, style are
+# removed, and every attribute not listed, on* handlers included). The CSP stays as a second wall:
+# an executed notebook may come from another machine (`mnist-lab unpack`), and a browser bug or a
+# sanitiser bug alone should not be enough.
+SAFE_TAGS = frozenset({
+    "a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "details", "div", "dl",
+    "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p",
+    "pre", "s", "samp", "small", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td", "tfoot", "th",
+    "thead", "tr", "u", "ul", "var",
+})
+_HIDDEN = re.compile(r"(?is)<(script|style)\b.*?</\1\s*>")
+_SAFE_ATTRIBUTES = {"class", "id", "title", "style", "align", "colspan", "rowspan", "scope"}
+
+
+def _safe_attribute(tag: str, name: str, value: str) -> bool:
+    """bleach's attribute filter: links to a place on the page or the web, images embedded as data."""
+    if name in _SAFE_ATTRIBUTES:
+        return True
+    if tag == "a" and name == "href":
+        return value.startswith("#") or re.match(r"(?i)(https?:|mailto:)", value) is not None
+    if tag == "img" and name in ("alt", "width", "height"):
+        return True
+    return tag == "img" and name == "src" and re.match(r"(?i)data:image/(png|jpeg|gif);base64,", value) is not None
+
+
+def clean_html(text: str) -> str:
+    """A notebook's HTML with only SAFE_TAGS and safe attributes left (the rest removed, not escaped)."""
+    import bleach
+    from bleach.css_sanitizer import CSSSanitizer
+
+    text = _HIDDEN.sub("", text)  # bleach removes a tag but keeps its text: no script or CSS shown as prose
+    return bleach.clean(text, tags=SAFE_TAGS, attributes=_safe_attribute, protocols={"http", "https", "mailto", "data"},
+                        strip=True, strip_comments=True, css_sanitizer=CSSSanitizer())
 
 
 def html_dir(profile: str) -> Path:
@@ -105,10 +140,31 @@ def _heading(notebook, name: str) -> str:
     return name
 
 
+def _exporter():
+    """nbconvert's HTML exporter with every notebook HTML cleaned: outputs by its SanitizeHTML
+    preprocessor (which also drops output kinds that run, such as application/javascript and SVG),
+    and rendered Markdown through the same `clean_html`."""
+    from nbconvert import HTMLExporter
+    from jinja2 import pass_context
+    from nbconvert.preprocessors.sanitize import SanitizeHTML
+
+    class Sanitise(SanitizeHTML):
+        def sanitize_html_tags(self, html_str):  # the project's allowlist and attribute filter
+            return clean_html(html_str)
+
+    class Exporter(HTMLExporter):
+        @pass_context  # as nbconvert's own: the filter reads the cell's attachments from the context
+        def markdown2html(self, context, source):
+            return clean_html(super().markdown2html(context, source))
+
+    exporter = Exporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
+    exporter.register_preprocessor(Sanitise(), enabled=True)
+    return exporter
+
+
 def export(name: str, profile: str) -> Path | None:
     """Write html/<name>.html from the executed notebook, unless it is already newer than it."""
     import nbformat
-    from nbconvert import HTMLExporter
 
     source = notebooks.executed_path(name, profile)
     target = html_dir(profile) / f"{name}.html"
@@ -119,7 +175,7 @@ def export(name: str, profile: str) -> Path | None:
     notebook = nbformat.read(source, as_version=4)
     notebook.metadata["title"] = _heading(notebook, name)  # the page's <title> (the template escapes it)
     formulas = _prepare(notebook)
-    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)], embed_images=True)
+    exporter = _exporter()
     body, _ = exporter.from_notebook_node(notebook, resources={"mnist_lab": _header(name, *page_record(profile, name)),
                                                                "content_security_policy": CONTENT_SECURITY_POLICY})
     body = re.sub(r"MNISTLABFORMULA(\d{5})X", lambda match: formulas[int(match.group(1))], body)
@@ -221,6 +277,7 @@ def _headline(profile: str) -> str:
     from ..results.calibration import distances
     from ..results.reference import REPORT_TABLE_NAMES, REPORT_TABLES
     from ..runs import for_profile, load_run
+    from ..runs.cache import verified
 
     cache = for_profile(profile)
     names = cache.index()  # written by the runner; another machine's is checked run by run below
@@ -229,7 +286,9 @@ def _headline(profile: str) -> str:
         runs = []
         for _, key in sorted((names.get(name) or {}).items()):
             try:
-                runs.append(load_run(paths.inside(cache.folder, str(key)[:16], "run")))
+                folder = paths.inside(cache.folder, str(key)[:16], "run")
+                if verified(folder):  # a folder claiming any accuracy is not a result until it checks out
+                    runs.append(load_run(folder))
             except (LabError, OSError, ValueError, KeyError):
                 continue  # missing, damaged or not a run: not quoted
         if not runs or experiment.model not in REPORT_TABLES:

@@ -69,8 +69,13 @@ def _records(directory: Path) -> list[dict]:
 
 
 def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
-    """Each training run's names (from the run cache's index), config and metrics, by name."""
+    """Each verified training run's names (from the run cache's index), config and metrics, by name.
+
+    Only runs the run cache would hand out are listed (`runs.cache.verified`): a folder of config.json and
+    metrics.json claiming any accuracy, planted or cut, is not a run, and the appendix lists runs.
+    A file that is not of a run's shape is still one line naming it, as before."""
     from ...runs import RunCache
+    from ...runs.cache import verified
 
     names = RunCache(directory / "runs").names()  # an index of another shape names nothing
     runs = []
@@ -78,6 +83,8 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
         fix = f"remove {config_path.parent} or train it again"
         config = _read_json(config_path, records.RUN_CONFIG, fix=fix)
         metrics = _read_json(config_path.parent / "metrics.json", records.RUN_METRICS, fix=fix)
+        if not verified(config_path.parent):
+            continue  # as if absent: `mnist-lab status --runs` names what is wrong with it
         # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
         # and how many more; a run no index names, by its model.
         called = sorted({label.rpartition(" seed ")[0] for label in names.get(config.get("fingerprint") or "", [])},
