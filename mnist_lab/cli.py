@@ -195,7 +195,15 @@ def _run(args) -> None:
     parameters, shared = _parameters(args)
     notebooks.execute_all(args.notebooks, profile=args.profile, parameters=parameters, shared=shared,
                           force=args.force, progress=not args.no_progress and sys.stderr.isatty(),
-                          address=args.address, studies=args.studies, runs_per_gpu=args.runs_per_gpu)
+                          address=args.address, studies=args.studies, runs_per_gpu=args.runs_per_gpu,
+                          after=_write_pages)
+
+
+def _write_pages(profile: str) -> None:
+    """The offline pages of what the runner just committed (called under the profile's lock)."""
+    from .workbook.html import write_site
+
+    print(f"pages: {write_site(profile)}", flush=True)
 
 
 def _status(args) -> None:

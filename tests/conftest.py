@@ -97,6 +97,13 @@ def run_folder(profile_dir: Path, name: str, seed: int = 0) -> Path:
     return cache.folder / cache.index()[name][str(seed)][:16]
 
 
+def _write_pages(profile: str) -> None:
+    """What `mnist-lab run` does after the notebooks ran: the offline pages (cli._write_pages)."""
+    from mnist_lab.cli import _write_pages as write_pages
+
+    write_pages(profile)
+
+
 @pytest.fixture(scope="session")
 def smoke_artifacts(tmp_path_factory):
     """Every notebook executed once by papermill under the smoke profile, into a temporary folder.
@@ -112,7 +119,8 @@ def smoke_artifacts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setenv("MNIST_LAB_ARTIFACTS", str(root))
         patch.setattr(paths, "ARTIFACTS", root)
-        notebooks.execute_all(None, profile="smoke", progress=False, studies="train")  # the studies trained too
+        notebooks.execute_all(None, profile="smoke", progress=False, studies="train",  # the studies trained too
+                              after=_write_pages)
         (root / "run-output.txt").write_text(printed.getvalue())
         yield root / "smoke"
 
@@ -203,7 +211,7 @@ def built_project(tmp_path_factory):
                        "trains": ('profile = "smoke"\nseeds = [0]', TRAINS)})
     with pytest.MonkeyPatch.context() as patch:
         point_at(patch, root)
-        assert notebooks.execute_all(None, profile="smoke", progress=False) == ["slow", "trains"]
+        assert notebooks.execute_all(None, profile="smoke", progress=False, after=_write_pages) == ["slow", "trains"]
     return root
 
 

@@ -260,6 +260,7 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     from ..profiles import get_profile
     from ..runs import for_profile
     from ..workbook import archive, notebooks
+    from ..workbook.html import write_site
     from ..workbook.plan import experiment_runs
 
     _find_installed_templates()
@@ -268,7 +269,8 @@ def _notebooks(profile: str, out: Path, runs_per_gpu: int | None) -> dict:
     stages = notebooks.train_planned(notebooks.available(), profile=profile, shared=shared, studies="train",
                                      runs_per_gpu=runs_per_gpu)
     train_seconds = time.perf_counter() - start
-    ran = notebooks.execute_all(None, profile=profile, shared=shared, force=True, progress=False, studies="train")
+    ran = notebooks.execute_all(None, profile=profile, shared=shared, force=True, progress=False, studies="train",
+                                after=write_site)
     notebook_seconds = time.perf_counter() - start - train_seconds
     packed = archive.pack(profile, out / f"artifacts-{profile}.tar.gz")
     # What the PDF and the pages need, for the machine that builds them: a fraction of the size.

@@ -25,7 +25,9 @@ from urllib.parse import quote
 from .. import paths, records
 from ..errors import LabError, shortlist
 from ..files import write_text
-from . import notebooks, provenance
+from . import provenance, status
+from .commit import executed_path
+from .parameters import available
 
 TEMPLATES = Path(__file__).with_name("templates")
 _MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\$)(.+?)(?<!\\)\$", re.DOTALL)
@@ -166,7 +168,7 @@ def export(name: str, profile: str) -> Path | None:
     """Write html/<name>.html from the executed notebook, unless it is already newer than it."""
     import nbformat
 
-    source = notebooks.executed_path(name, profile)
+    source = executed_path(name, profile)
     target = html_dir(profile) / f"{name}.html"
     if not source.is_file():
         return None
@@ -196,7 +198,7 @@ def _header(name: str, record: dict | None, why: str | None) -> dict:
 
 def write_site(profile: str) -> Path:
     """Every notebook's page (where stale or missing) and the index; returns the index's path."""
-    for name in notebooks.available():
+    for name in available():
         export(name, profile)
     index = paths.profile_dir(profile) / "index.html"
     text = index_html(profile)
@@ -208,23 +210,23 @@ def write_site(profile: str) -> Path:
 def index_html(profile: str) -> str:
     directory = paths.profile_dir(profile)
     rows, galleries, changes, records = [], [], [], []
-    for name in notebooks.available():
+    for name in available():
         record, why = page_record(profile, name)
         page = f"html/{name}.html"
         try:
-            reasons = notebooks.stale_as_run(name, profile)
+            reasons = status.stale_as_run(name, profile)
         except Exception as error:  # an unreadable notebook: the index still lists the rest
             reasons = [str(error)]
-        status = "fresh" if not reasons else "stale: " + "; ".join(shortlist([str(r) for r in reasons], 3)) + (
+        state = "fresh" if not reasons else "stale: " + "; ".join(shortlist([str(r) for r in reasons], 3)) + (
             f" (`mnist-lab status --profile {profile}` lists all)" if len(reasons) > 4 else "")
         title = html.escape(name)
         link = f'<a href="{html.escape(quote(page))}">{title}</a>' if (directory / page).is_file() else title
         if record is None:
-            rows.append(f"<tr><td>{link}</td><td colspan=4>{html.escape(why)}</td><td>{html.escape(status)}</td></tr>")
+            rows.append(f"<tr><td>{link}</td><td colspan=4>{html.escape(why)}</td><td>{html.escape(state)}</td></tr>")
             continue
         records.append(record)
-        rows.append(_row(link, record, status, fresh=not reasons))
-        gallery = _gallery(page, record, notebooks.executed_path(name, profile))
+        rows.append(_row(link, record, state, fresh=not reasons))
+        gallery = _gallery(page, record, executed_path(name, profile))
         if gallery:
             galleries.append(f"<h3>{title}</h3><div class=gallery>{gallery}</div>")
         changed = _changed(record)
@@ -233,7 +235,7 @@ def index_html(profile: str) -> str:
     first = bool(records) and all(record.get("first_run") is True for record in records)
     if first:
         changes = ["<p>First build: every number and table of the report is new.</p>"]
-    frozen = notebooks.frozen_line(profile)
+    frozen = status.frozen_line(profile)
     frozen = (f'<p class="{"stale" if "no longer match" in frozen else "fresh"}">Calibration studies: '
               f'{html.escape(frozen)} (<code>make report STUDIES=train</code> trains them here).</p>' if frozen else "")
     headline = _headline(profile)

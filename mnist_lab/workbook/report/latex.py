@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ... import paths
-from ...errors import LabError, shortlist
+from ...errors import LabError, printable
 from ...files import atomic_path
 from ...profiles import get_profile
 from ..lock import profile_lock
@@ -120,11 +120,11 @@ def _build(profile: str, latexmk: str, *, force: bool, verbose: bool, allow_stal
     check_artifacts(profile)
     stale = stale_notebooks(profile)
     if stale and not allow_stale:
-        # One line however much changed: each notebook with its count, the first reasons named.
-        why = "; ".join(f"{name}: {len(reasons)} reason(s)" + (f", {', '.join(shortlist(reasons, 1))}" if not index else "")
-                        for index, (name, reasons) in enumerate(stale.items()))
-        raise LabError(f"the {profile} artifacts are stale ({why}); run `mnist-lab run --profile {profile}` first, "
-                       f"or pass --allow-stale; `mnist-lab status --profile {profile}` lists every reason")
+        # One short line however much changed: each notebook's count of reasons, the first one named.
+        counts = "; ".join(f"{name}: {len(reasons)}" for name, reasons in stale.items())
+        first = printable(next(iter(stale.values()))[0], 70)
+        raise LabError(f"the {profile} artifacts are stale (reasons: {counts}; first: {first}); run `mnist-lab run "
+                       f"--profile {profile}` first (or --allow-stale); `mnist-lab status --profile {profile}` says why")
     write_info(profile, stale)
     contract.check_latex_inputs(profile)  # after write_info: its three files are read by LaTeX too
 

@@ -160,16 +160,17 @@ def info(profile: str) -> dict[str, str]:
 def notebooks_frozen_line(profile: str) -> str:
     """The line on the calibration studies' frozen runs in use ("" if none): read from the notebooks'
     records and the repository's frozen/, checked against the code now."""
-    from .. import notebooks
+    from .. import status
 
-    return notebooks.frozen_line(profile)
+    return status.frozen_line(profile)
 
 
 def stale_notebooks(profile: str) -> dict[str, list[str]]:
     """The notebooks whose artifacts no longer match their inputs, with the reasons."""
-    from .. import notebooks
+    from .. import status
+    from ..parameters import available
 
-    reasons = {name: notebooks.stale_as_run(name, profile) for name in notebooks.available()}
+    reasons = {name: status.stale_as_run(name, profile) for name in available()}
     return {name: why for name, why in reasons.items() if why}
 
 
