@@ -173,18 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _literal(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word is a string
-
-
 def _parameters(args) -> tuple[dict, dict]:
-    """The -p parameters (each checked against its notebook) and the shared --device/--seeds."""
-    parameters = {name: _literal(value) for name, value in args.parameter}
+    """The -p parameters (each checked against its notebook) and the shared --device/--seeds, read
+    as `--set` values are: true/false, a Python literal, or else the word as a string."""
+    from .experiments import parse_value
+
+    parameters = {name: parse_value(value) for name, value in args.parameter}
     shared = {"device": args.device, "seeds": args.seeds}
     return parameters, {key: value for key, value in shared.items() if value is not None}
 
@@ -283,9 +277,9 @@ def _train(args) -> None:
     from .data import load_mnist
     from .experiments import get_experiment
     from .files import atomic_dir
-    from .runs import RunCache, check_replaceable, checkpoints
+    from .runs import RunCache, check_replaceable
+    from .runs.executor import Planned, train_here
     from .spec import RunSpec
-    from .train import fit
 
     experiment = get_experiment(args.experiment)
     if args.epochs:
@@ -300,15 +294,10 @@ def _train(args) -> None:
     cache = RunCache(paths.ARTIFACTS / "runs")  # `train`'s own cache: the same command twice trains once
     run = cache.get(spec)
     if run is None:
-        # Saved after every epoch: running the same command again after an interruption resumes.
-        # Only a checkpoint a training here saved is resumed (runs/checkpoints.py): another is ignored.
-        checkpoint = cache.checkpoint(spec)
-        if checkpoints.prepare(checkpoint):
-            print(f"found {checkpoint}: resuming after its last completed epoch")
-        run = cache.put(fit(spec, label=f"{experiment.name} seed {args.seed}", data=data,
-                            progress=not args.no_progress, checkpoint=checkpoint,
-                            on_epoch_end=checkpoints.recording(checkpoint)))
-        checkpoints.discard(checkpoint)
+        # The one way a run is trained into a cache (the runner's too): a checkpoint after every
+        # epoch, so the same command again after an interruption resumes (only from one saved here).
+        run = train_here(cache, Planned(experiment.name, spec), data, lambda line: print(line, flush=True),
+                         progress=not args.no_progress)
         verb = "trained"
     else:
         verb = "already in the run cache"

@@ -129,7 +129,8 @@ def _checked_replace(obj, overrides: dict, what: str):
 
 
 def parse_value(text: str):
-    """A value as typed on the command line: true/false, a number, or else a string."""
+    """A value as typed on the command line (`--set`, `-p`): true/false, a Python literal (a
+    number, a list), or else the word itself as a string. The project's one literal parser."""
     import ast
 
     if text.lower() in ("true", "false"):

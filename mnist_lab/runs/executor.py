@@ -111,7 +111,8 @@ def train_here(cache, run: Planned, data, printer, prefix: str = "", progress: b
     from . import checkpoints
 
     checkpoint = cache.checkpoint(spec)
-    checkpoints.prepare(checkpoint, printer)  # one resumed only if a training here saved it
+    if checkpoints.prepare(checkpoint, printer):  # one resumed only if a training here saved it
+        printer(f"{prefix}{run.name}: found {checkpoint}: resuming after its last completed epoch")
     options = {"bar": bar} if bar else {}
     result = fit(spec, label=run.name, data=data, progress=progress, checkpoint=checkpoint,
                  on_epoch_end=checkpoints.recording(checkpoint, epoch_line), announce=announce, **options)
