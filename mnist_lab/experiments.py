@@ -6,11 +6,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from . import names
 from .augment import Augmentation
 from .errors import LabError, printable
 from .models import MODELS
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = tuple(names.OPTIMIZERS)
 NOT_RECIPE = ("name",)  # an experiment's label: a variant's is built from its validated overrides
 # The bounds of a recipe: far beyond any the report or a study trains, yet short of what would run
 # for days or exhaust memory before the first epoch ends (a batch is at most the training set).
@@ -160,7 +161,10 @@ def variant(base: str, overrides: dict) -> Experiment:
     return experiment.replace(name=f"{base}[{labels}]") if overrides else experiment
 
 
-OPTIMIZER_NAMES = {"sgd": "plain SGD", "adam": "Adam", "adamw": "AdamW"}
+def augmentation_parts(augmentation: Augmentation) -> list[str]:
+    """The augmentation in a table's words: ["flip", "rotation ±10°"] (empty: none)."""
+    return (["flip"] if augmentation.hflip else []) + (
+        [f"rotation ±{augmentation.max_rotation:g}°"] if augmentation.max_rotation else [])
 
 
 def describe_augmentation(augmentation: Augmentation) -> str:
@@ -177,7 +181,7 @@ def describe(experiment: Experiment) -> str:
     """A recipe in words: optimizer, learning rate and its schedule, epochs, batch size, augmentation."""
     schedule = f", divided by {1 / experiment.lr_gamma:g} every {experiment.lr_step} epochs" if experiment.lr_step else ""
     decay = f", weight decay {experiment.weight_decay:g}" if experiment.weight_decay else ""
-    return (f"{OPTIMIZER_NAMES[experiment.optimizer]} at learning rate {experiment.lr:g}{schedule}{decay}, "
+    return (f"{names.OPTIMIZERS[experiment.optimizer]} at learning rate {experiment.lr:g}{schedule}{decay}, "
             f"{experiment.epochs} epochs in batches of {experiment.batch_size}, "
             f"{describe_augmentation(experiment.augmentation)}")
 

@@ -279,7 +279,7 @@ def _headline(profile: str) -> str:
     from ..results.calibration import distances
     from ..results.reference import REPORT_TABLE_NAMES, REPORT_TABLES
     from ..runs import for_profile, load_run
-    from ..runs.cache import verified
+    from ..runs.cache import KEY_LENGTH, verified
 
     cache = for_profile(profile)
     names = cache.index()  # written by the runner; another machine's is checked run by run below
@@ -288,7 +288,7 @@ def _headline(profile: str) -> str:
         runs = []
         for _, key in sorted((names.get(name) or {}).items()):
             try:
-                folder = paths.inside(cache.folder, str(key)[:16], "run")
+                folder = paths.inside(cache.folder, str(key)[:KEY_LENGTH], "run")
                 if verified(folder):  # a folder claiming any accuracy is not a result until it checks out
                     runs.append(load_run(folder))
             except (LabError, OSError, ValueError, KeyError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ... import paths, records
+from ... import names, paths, records
 from ...errors import shortlist
 from ...files import write_text
 from ...profiles import get_profile
@@ -204,7 +204,7 @@ def write_info(profile: str, stale: dict[str, list[str]] | None = None) -> bool:
 
 def recipes_tex(profile: str) -> str:
     """The appendix's table of recipes, one row per experiment of `EXPERIMENTS` as this profile trains it."""
-    from ...experiments import EXPERIMENTS
+    from ...experiments import EXPERIMENTS, augmentation_parts
 
     settings = get_profile(profile)
     lines = [f"% Written by `mnist-lab report --profile {profile}` from mnist_lab/experiments.py; do not edit.",
@@ -213,14 +213,12 @@ def recipes_tex(profile: str) -> str:
              r"\midrule"]
     for experiment in EXPERIMENTS.values():
         experiment = settings.apply(experiment)
-        optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}[experiment.optimizer]
+        optimizer = names.OPTIMIZERS[experiment.optimizer]
         if experiment.weight_decay:
             optimizer += f", weight decay {experiment.weight_decay:g}"
         schedule = (f"$\\times{experiment.lr_gamma:g}$ every {experiment.lr_step} epochs" if experiment.lr_step
                     else "constant")
-        augmentation = experiment.augmentation
-        parts = (["flip"] if augmentation.hflip else []) + (
-            [f"rotation $\\pm{augmentation.max_rotation:g}^\\circ$"] if augmentation.max_rotation else [])
+        parts = augmentation_parts(experiment.augmentation)  # ± and ° print in text mode (main.tex)
         lines.append(f"{_typewriter(experiment.name)} & {_typewriter(experiment.model)} & {optimizer} & "
                      f"{experiment.lr:g} & {experiment.epochs} & {experiment.batch_size} & {schedule} & "
                      f"{' + '.join(parts) or 'none'} \\\\")
