@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 BENCH_MODELS = ("basic_cnn", "cnn", "mobilenet", "vit")
 INTERRUPTED = "mnist-lab: interrupted; previous artifacts intact"
 TERMINATED = "mnist-lab: terminated; previous artifacts intact"
+HUNG_UP = "mnist-lab: hung up (SIGHUP); previous artifacts intact"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -360,17 +361,29 @@ class Terminated(KeyboardInterrupt):
     intact on Ctrl-C runs for it too."""
 
 
+class HungUp(KeyboardInterrupt):
+    """SIGHUP (the terminal closed, or `kill -HUP`), raised where Ctrl-C would be, for the same
+    clean-ups: its default action killed the process where it stood, leaving latex.partial/ behind."""
+
+
 def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _on_sighup(signum, frame):
+    raise HungUp()
+
+
 def _interrupted(interruption: BaseException) -> int:
-    """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM."""
-    if isinstance(interruption, Terminated):
-        print(TERMINATED, file=sys.stderr)
-        return 143
-    print(INTERRUPTED, file=sys.stderr)
-    return 130
+    """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM, 129 for
+    SIGHUP (whose terminal may be gone: the line is then lost, the status still says it)."""
+    line, code = ((HUNG_UP, 129) if isinstance(interruption, HungUp) else
+                  (TERMINATED, 143) if isinstance(interruption, Terminated) else (INTERRUPTED, 130))
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+    return code
 
 
 def entry_point() -> None:
@@ -378,6 +391,8 @@ def entry_point() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # under nohup it stays ignored, as nohup means
+        signal.signal(signal.SIGHUP, _on_sighup)
     try:
         args = build_parser().parse_args()  # first: --help and typos answer before torch is imported
         import os

@@ -209,7 +209,7 @@ def _start_local(printer) -> None:
     for attempt in range(1, LOCAL_STARTS + 1):
         before = _descendants()
         try:
-            with _ray_environment(LOCAL_SETTINGS, loopback=True):
+            with _ray_environment(LOCAL_SETTINGS, loopback=True), _project_signals():
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             return
@@ -221,6 +221,65 @@ def _start_local(printer) -> None:
                 busy = f" ({attempt} attempts: the machine may be too busy)" if timed_out else ""
                 raise LabError(f"Ray could not start on this machine: {_reason(error)}{busy}") from None
             printer(f"  Ray's start-up timed out (a busy machine?); starting it again ({attempt + 1}/{LOCAL_STARTS})")
+
+
+@contextlib.contextmanager
+def _project_signals():
+    """The process's signal handlers as they were before Ray's: ray.init installs its own for
+    SIGTERM (and may for others), which replaced the project's one line and exit 143 with Ray's
+    dump and exit 134. Restored when ray.init returns or fails, so SIGTERM, SIGHUP and Ctrl-C during
+    the sweep unwind through `train_on_cluster`'s clean-up (ray.shutdown) to cli's one line."""
+    import signal
+
+    names = [name for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)]
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in saved.items():
+            if handler is not None:  # None: set from outside Python, which cannot be put back from here
+                signal.signal(getattr(signal, name), handler)
+
+
+# A warning line of Ray's core (C++), written to the process's stderr itself, not through Python.
+_RAY_WARNING = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ W \d+ \d+\] ")
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    """Ray's warnings off while it connects: a failed connection is the one line _connect raises,
+    not three lines of its core's ("Failed to connect to GCS ...") before it. Its core writes them
+    to file descriptor 2 from C++, so that descriptor goes to a file while ray.init runs; what is
+    there besides Ray's warning lines is written back to stderr after."""
+    import logging
+    import sys
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("ray", "ray._private", "ray._private.worker")]
+    levels = [logger.level for logger in loggers]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                if line.strip() and not _RAY_WARNING.match(line)]
+        captured.close()
+        for line in kept:
+            print(line, file=sys.stderr)
 
 
 def _descendants() -> set[int]:
@@ -258,7 +317,8 @@ def _connect(address: str, seconds: float) -> None:
         _probe(address, *host_port, seconds)
     left = max(1.0, deadline - time.monotonic())
     try:
-        with _ray_environment(_connect_settings(left), loopback=bool(host_port) and _is_loopback(host_port[0])):
+        with _ray_environment(_connect_settings(left), loopback=bool(host_port) and _is_loopback(host_port[0])), \
+                _project_signals(), _quiet_ray():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]})
     except Exception as error:
