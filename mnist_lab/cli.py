@@ -366,17 +366,26 @@ class HungUp(KeyboardInterrupt):
     clean-ups: its default action killed the process where it stood, leaving latex.partial/ behind."""
 
 
+# The signal the handlers below last raised for: a library may catch the exception and raise a
+# plain KeyboardInterrupt in its place (Ray's ray.wait does), and the status must still say which.
+_received: list[type] = []
+
+
 def _on_sigterm(signum, frame):
+    _received.append(Terminated)
     raise Terminated()
 
 
 def _on_sighup(signum, frame):
+    _received.append(HungUp)
     raise HungUp()
 
 
 def _interrupted(interruption: BaseException) -> int:
     """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM, 129 for
     SIGHUP (whose terminal may be gone: the line is then lost, the status still says it)."""
+    if type(interruption) is KeyboardInterrupt and _received:  # re-raised plain by a library
+        interruption = _received[-1]()
     line, code = ((HUNG_UP, 129) if isinstance(interruption, HungUp) else
                   (TERMINATED, 143) if isinstance(interruption, Terminated) else (INTERRUPTED, 130))
     try:

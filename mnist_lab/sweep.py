@@ -209,7 +209,7 @@ def _start_local(printer) -> None:
     for attempt in range(1, LOCAL_STARTS + 1):
         before = _descendants()
         try:
-            with _ray_environment(LOCAL_SETTINGS, loopback=True), _project_signals():
+            with _ray_environment(LOCAL_SETTINGS, loopback=True), _project_signals(), _quiet_ray():
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             return
@@ -225,24 +225,30 @@ def _start_local(printer) -> None:
 
 @contextlib.contextmanager
 def _project_signals():
-    """The process's signal handlers as they were before Ray's: ray.init installs its own for
-    SIGTERM (and may for others), which replaced the project's one line and exit 143 with Ray's
-    dump and exit 134. Restored when ray.init returns or fails, so SIGTERM, SIGHUP and Ctrl-C during
-    the sweep unwind through `train_on_cluster`'s clean-up (ray.shutdown) to cli's one line."""
+    """ray.init with the process's own signal handlers kept. Ray's core installs its own for SIGTERM
+    (a C++ handler that prints a stack dump and aborts: exit 134, six lines) while ray.init runs,
+    and its Python side may add more. So SIGTERM and SIGHUP are held off (blocked) while ray.init
+    runs, the handlers the process had are put back when it returns or fails, and only then is a
+    signal that arrived meanwhile delivered: it unwinds through `train_on_cluster`'s clean-up
+    (ray.shutdown) to cli's one line and exit 143 or 129. (Threads Ray starts meanwhile keep them
+    blocked, so the main thread is the one that takes them.)"""
     import signal
 
-    names = [name for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)]
-    saved = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    held = {getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}
+    saved = {number: signal.getsignal(number) for number in (*held, signal.SIGINT)}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
     finally:
-        for name, handler in saved.items():
+        for number, handler in saved.items():
             if handler is not None:  # None: set from outside Python, which cannot be put back from here
-                signal.signal(getattr(signal, name), handler)
+                signal.signal(number, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # A warning line of Ray's core (C++), written to the process's stderr itself, not through Python.
-_RAY_WARNING = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ W \d+ \d+\] ")
+# And its notice that token authentication is on (Ray 2.60's default), which asks nothing of a user here.
+_RAY_WARNING = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ W \d+ \d+\] |Token authentication is enabled for this Ray")
 
 
 @contextlib.contextmanager
