@@ -18,6 +18,7 @@ from .names import PROFILES as PROFILE_NAMES
 BENCH_MODELS = MODELS  # each trained with the experiment of the same name
 INTERRUPTED = "mnist-lab: interrupted; previous artifacts intact"
 TERMINATED = "mnist-lab: terminated; previous artifacts intact"
+HUNG_UP = "mnist-lab: hung up (SIGHUP); previous artifacts intact"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -391,17 +392,38 @@ class Terminated(KeyboardInterrupt):
     intact on Ctrl-C runs for it too."""
 
 
+class HungUp(KeyboardInterrupt):
+    """SIGHUP (the terminal closed, or `kill -HUP`), raised where Ctrl-C would be, for the same
+    clean-ups: its default action killed the process where it stood, leaving latex.partial/ behind."""
+
+
+# The signal the handlers below last raised for: a library may catch the exception and raise a
+# plain KeyboardInterrupt in its place (Ray's ray.wait does), and the status must still say which.
+_received: list[type] = []
+
+
 def _on_sigterm(signum, frame):
+    _received.append(Terminated)
     raise Terminated()
 
 
+def _on_sighup(signum, frame):
+    _received.append(HungUp)
+    raise HungUp()
+
+
 def _interrupted(interruption: BaseException) -> int:
-    """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM."""
-    if isinstance(interruption, Terminated):
-        print(TERMINATED, file=sys.stderr)
-        return 143
-    print(INTERRUPTED, file=sys.stderr)
-    return 130
+    """One line, and the shell's exit status for the signal: 130 for SIGINT, 143 for SIGTERM, 129 for
+    SIGHUP (whose terminal may be gone: the line is then lost, the status still says it)."""
+    if type(interruption) is KeyboardInterrupt and _received:  # re-raised plain by a library
+        interruption = _received[-1]()
+    line, code = ((HUNG_UP, 129) if isinstance(interruption, HungUp) else
+                  (TERMINATED, 143) if isinstance(interruption, Terminated) else (INTERRUPTED, 130))
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
+    return code
 
 
 def _tell_unusable_records() -> None:
@@ -425,6 +447,8 @@ def entry_point() -> None:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     _tell_unusable_records()
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # under nohup it stays ignored, as nohup means
+        signal.signal(signal.SIGHUP, _on_sighup)
     try:
         args = build_parser().parse_args()  # first: --help and typos answer before torch is imported
         import os

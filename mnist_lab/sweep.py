@@ -220,7 +220,7 @@ def _start_local(printer) -> None:
     for attempt in range(1, LOCAL_STARTS + 1):
         before = _descendants()
         try:
-            with _ray_environment(LOCAL_SETTINGS, loopback=True):
+            with _ray_environment(LOCAL_SETTINGS, loopback=True), _project_signals(), _quiet_ray():
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             return
@@ -232,6 +232,71 @@ def _start_local(printer) -> None:
                 busy = f" ({attempt} attempts: the machine may be too busy)" if timed_out else ""
                 raise LabError(f"Ray could not start on this machine: {_reason(error)}{busy}") from None
             printer(f"  Ray's start-up timed out (a busy machine?); starting it again ({attempt + 1}/{LOCAL_STARTS})")
+
+
+@contextlib.contextmanager
+def _project_signals():
+    """ray.init with the process's own signal handlers kept. Ray's core installs its own for SIGTERM
+    (a C++ handler that prints a stack dump and aborts: exit 134, six lines) while ray.init runs,
+    and its Python side may add more. So SIGTERM and SIGHUP are held off (blocked) while ray.init
+    runs, the handlers the process had are put back when it returns or fails, and only then is a
+    signal that arrived meanwhile delivered: it unwinds through `train_on_cluster`'s clean-up
+    (ray.shutdown) to cli's one line and exit 143 or 129. (Threads Ray starts meanwhile keep them
+    blocked, so the main thread is the one that takes them.)"""
+    import signal
+
+    held = {getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)}
+    saved = {number: signal.getsignal(number) for number in (*held, signal.SIGINT)}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:  # None: set from outside Python, which cannot be put back from here
+                signal.signal(number, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# A warning line of Ray's core (C++), written to the process's stderr itself, not through Python.
+# And its notice that token authentication is on (Ray 2.60's default), which asks nothing of a user here.
+_RAY_WARNING = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,.]+ W \d+ \d+\] |Token authentication is enabled for this Ray")
+
+
+@contextlib.contextmanager
+def _quiet_ray():
+    """Ray's warnings off while it connects: a failed connection is the one line _connect raises,
+    not three lines of its core's ("Failed to connect to GCS ...") before it. Its core writes them
+    to file descriptor 2 from C++, so that descriptor goes to a file while ray.init runs; what is
+    there besides Ray's warning lines is written back to stderr after."""
+    import logging
+    import sys
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("ray", "ray._private", "ray._private.worker")]
+    levels = [logger.level for logger in loggers]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                if line.strip() and not _RAY_WARNING.match(line)]
+        captured.close()
+        for line in kept:
+            print(line, file=sys.stderr)
 
 
 def _descendants() -> set[int]:
@@ -269,7 +334,8 @@ def _connect(address: str, seconds: float) -> None:
         _probe(address, *host_port, seconds)
     left = max(1.0, deadline - time.monotonic())
     try:
-        with _ray_environment(_connect_settings(left), loopback=bool(host_port) and _is_loopback(host_port[0])):
+        with _ray_environment(_connect_settings(left), loopback=bool(host_port) and _is_loopback(host_port[0])), \
+                _project_signals(), _quiet_ray():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env={"py_modules": [str(paths.ROOT / "mnist_lab")]})
     except Exception as error:

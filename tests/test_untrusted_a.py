@@ -322,3 +322,60 @@ def test_4_a_forged_run_claiming_99_99_percent_is_not_in_the_appendix(project, f
         forged.rename(genuine)  # the genuine run's folder, its metrics changed after the run
     appendix = report.provenance_tex("smoke")
     assert "99.99" not in appendix
+
+
+# ---- 8. signals: one line, the shell's status, nothing left behind -----------------------------------------
+
+
+def test_8_sighup_to_a_command_is_one_line_exit_129_and_the_outputs_intact(project):
+    import signal
+
+    from mnist_lab.cli import HUNG_UP
+    from test_archive import _snapshot
+    from test_build_safety import _start_slow, _wait_for
+
+    before = _snapshot(project / "artifacts" / "smoke")
+    process, marker = _start_slow(project)
+    _wait_for(marker.exists)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (129, [HUNG_UP])
+    assert _snapshot(project / "artifacts" / "smoke") == before
+
+
+def test_8_ray_prints_no_warning_lines_before_its_one_line_connection_error(tmp_path):
+    import socket
+
+    with socket.socket() as silent:  # accepts connections and never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        done = _command(["sweep", "basic_cnn", "--profile", "smoke", "--address", address, "--connect-timeout", "5"],
+                        tmp_path / "artifacts", timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("mnist-lab: error: no answer from the Ray"), \
+        done.stderr
+
+
+@pytest.mark.slow  # Ray starts
+def test_8_sigterm_to_a_local_sweep_is_one_line_exit_143(tmp_path):
+    import signal
+    import time
+
+    from mnist_lab.cli import TERMINATED
+    from test_build_safety import _start_command, _wait_for
+
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_LAB_ARTIFACTS": str(tmp_path / "artifacts")}
+    process = _start_command([sys.executable, "-m", "mnist_lab", "sweep", "basic_cnn", "--profile", "smoke"],
+                             env=environment, cwd=ROOT)
+    try:  # Ray is up once its raylet runs in the command's session, and ray.init has returned soon after
+        _wait_for(lambda: subprocess.run(["pgrep", "-s", str(process.pid), "raylet"],
+                                         capture_output=True).returncode == 0, timeout=300)
+        time.sleep(5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (143, [TERMINATED]), stderr

@@ -71,8 +71,8 @@ def keep_failed(name: str, profile: str, executed: Path) -> Path | None:
 
 @contextmanager
 def _no_interruption():
-    """Hold Ctrl-C (SIGINT) and SIGTERM off while the outputs are moved into place; they arrive after."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP off while the outputs are moved into place; they arrive after."""
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         yield
