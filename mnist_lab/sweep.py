@@ -32,7 +32,7 @@ from .files import atomic_dir
 from .profiles import check_seeds, get_profile
 from .runs import RunCache, check_replaceable, for_profile
 from .runs.directory import RUN_FILES, read_run_record, run_file_problems
-from .runs.executor import Planned
+from .runs.planned import Planned
 from .spec import RunSpec
 
 

@@ -12,33 +12,14 @@ nothing. With an address, the runs go to Ray through the sweep's submission, and
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from dataclasses import dataclass
 
-from ..spec import RunSpec
+from .. import records
+from .here import human_seconds, train_here
+from .planned import Planned, distinct
 
-
-@dataclass(frozen=True)
-class Planned:
-    """A run a build will read, with the name people know it by (a label, never a key)."""
-
-    label: str  # an experiment or a variant: "vit", "vit[batch_size=64,hflip=false,max_rotation=10.0]"
-    spec: RunSpec
-    weights: bool = False  # a notebook loads its trained model (not only its results)
-
-    @property
-    def name(self) -> str:
-        return f"{self.label} seed {self.spec.seed}"
-
-
-def distinct(planned: list[Planned]) -> dict[str, list[Planned]]:
-    """The planned runs by key: one entry per run to train, with every name it goes by."""
-    by_key: dict[str, list[Planned]] = {}
-    for run in planned:
-        by_key.setdefault(run.spec.key, []).append(run)
-    return by_key
+__all__ = ["Planned", "distinct", "human_seconds", "train_here", "train_missing"]  # the executor's vocabulary
 
 
 def train_missing(cache, planned: list[Planned], *, address: str | None = None, connect_timeout: float = 60,
@@ -91,46 +72,6 @@ def train_missing(cache, planned: list[Planned], *, address: str | None = None, 
             "trained": len(missing), "at_once": at_once, "train_seconds": round(time.perf_counter() - start, 2)}
 
 
-def train_here(cache, run: Planned, data, printer, prefix: str = "", progress: bool = False, bar=None,
-               announce=None):
-    """Train one run in this process and put it in the cache; one line per epoch to `printer`.
-    An interrupted training resumes from its last completed epoch the next time."""
-    from ..train import fit
-
-    spec = run.spec
-    epochs = spec.recipe.epochs
-    images = spec.limit_train or len(data.train)
-    seconds: list[float] = []
-
-    def epoch_line(row: dict) -> None:
-        seconds.append(row["seconds"])
-        left = sum(seconds) / len(seconds) * (epochs - row["epoch"])
-        printer(f"{prefix}{run.name}: epoch {row['epoch']}/{epochs}, {images / row['train_seconds']:,.0f} images/s, "
-                f"loss {row['train_loss']:.4f}, test accuracy {row['test_accuracy']:.2f}%, {human_seconds(left)} left")
-
-    from . import checkpoints
-
-    checkpoint = cache.checkpoint(spec)
-    if checkpoints.prepare(checkpoint, printer):  # one resumed only if a training here saved it
-        printer(f"{prefix}{run.name}: found {checkpoint}: resuming after its last completed epoch")
-    options = {"bar": bar} if bar else {}
-    result = fit(spec, label=run.name, data=data, progress=progress, checkpoint=checkpoint,
-                 on_epoch_end=checkpoints.recording(checkpoint, epoch_line), announce=announce, **options)
-    stored = cache.put(result)
-    checkpoints.discard(checkpoint)
-    return stored
-
-
-def human_seconds(seconds: float) -> str:
-    """4 s, 3 min 04 s, 1 h 02 min: how long, as people say it."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
 def _estimate(cache, missing: list[Planned], at_once: int = 1) -> str:
     """About how long the missing runs take, from the speed of the runs already cached (per model
     and device: seconds per training image per epoch); nothing when no run tells. Runs side by side
@@ -141,7 +82,7 @@ def _estimate(cache, missing: list[Planned], at_once: int = 1) -> str:
     rates: dict[tuple, list[float]] = {}
     for directory, record in cache.runs():
         try:
-            metrics = json.loads((directory / "metrics.json").read_text())
+            metrics = records.load(directory / "metrics.json", records.RUN_METRICS) or {}
             inputs = record["inputs"]
             per_image = 1 / metrics["train_images_per_second"]
             rates.setdefault((inputs["recipe"]["model"], inputs["device"]), []).append(per_image)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import records
 from ..codehash import LEGACY_SCHEME, SCHEME, code_hash_of
 from ..errors import LabError
 from ..files import atomic_dir, write_json
@@ -100,14 +100,12 @@ def rekey_folder(folder: Path, index_name: str = "index.json") -> Rekeyed:
             result.current.append(record["fingerprint"])
             continue
         try:
-            environment = json.loads((directory / "environment.json").read_text())
-            config = json.loads((directory / "config.json").read_text())
-            if not isinstance(environment, dict) or not isinstance(config, dict):
-                raise LabError("its environment.json or config.json is not an object")
+            environment = records.read(directory / "environment.json", records.RUN_ENVIRONMENT)
+            config = records.read(directory / "config.json", records.RUN_CONFIG)
             if (record.get("files") or {}).get("config.json") != file_hash(directory / "config.json"):
                 raise LabError("its config.json is not the one its record vouches for")
             new = migrated_record(record, environment)
-        except (OSError, ValueError, LabError) as error:
+        except (OSError, LabError) as error:
             result.refused[directory.name] = str(error)
             continue
         plan[directory] = (new, {**config, "fingerprint": new["fingerprint"]} if "fingerprint" in config else config)
@@ -127,7 +125,7 @@ def rekey_folder(folder: Path, index_name: str = "index.json") -> Rekeyed:
                 write_json(target / "config.json", config)
                 write_json(target / "provenance.json",
                            {**record, "files": {**record["files"], "config.json": file_hash(target / "config.json")}})
-        index = _read_index(Path(folder) / index_name)
+        index = records.load(Path(folder) / index_name, records.RUN_INDEX)
         if index is None and (Path(folder) / index_name).is_file():
             shutil.copyfile(Path(folder) / index_name, staging / index_name)  # not ours to mend: kept as it was
         elif index is not None:
@@ -135,12 +133,3 @@ def rekey_folder(folder: Path, index_name: str = "index.json") -> Rekeyed:
                                               for name, seeds in index.items()})
     return result
 
-
-def _read_index(path: Path) -> dict | None:
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    valid = isinstance(index, dict) and all(isinstance(seeds, dict) and all(isinstance(v, str) for v in seeds.values())
-                                            for seeds in index.values())
-    return index if valid else None

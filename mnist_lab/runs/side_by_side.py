@@ -206,7 +206,8 @@ def _train(label: str, value: dict, prefix: str) -> int:
     """Train one run into the cache; returns the GPU memory it reserved at its peak (0 on a CPU)."""
     import torch
 
-    from .executor import Planned, train_here
+    from .here import train_here
+    from .planned import Planned
 
     run = Planned(label, RunSpec.from_value(value))  # its key computed here again, from this code
     on_gpu = run.spec.device == "cuda"
