@@ -211,7 +211,7 @@ def test_an_archive_without_records_or_runs_is_refused(project, packed, tmp_path
 
 def test_an_archive_whose_headers_declare_gigabytes_is_refused_before_extracting(project, tmp_path, victim, capsys):
     hostile = tmp_path / "bomb.tar.gz"
-    huge = tarfile.TarInfo("smoke/runs/huge.bin")
+    huge = tarfile.TarInfo("smoke/figures/huge.pdf")  # a name pack writes: only its size is wrong
     huge.size = 3 * 1024**3  # 1 MiB of zeros follows, then nothing: only the header can refuse it this fast
     with gzip.open(hostile, "wb") as stream:
         stream.write(huge.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024**2))
@@ -232,7 +232,7 @@ def test_a_pax_header_of_a_gigabyte_is_refused_without_reading_it(project, tmp_p
 def test_a_file_of_zeros_over_the_size_limit_is_refused(project, packed, tmp_path, victim, capsys, monkeypatch):
     contents = _read(packed)
     monkeypatch.setattr(archive, "MAX_BYTES", sum(len(data or b"") for data in contents.values()) + 1024**2)
-    contents["smoke/runs/zeros.bin"] = bytes(8 * 1024**2)  # compresses to a few KB
+    contents["smoke/figures/zeros.pdf"] = bytes(8 * 1024**2)  # a name pack writes; compresses to a few KB
     hostile = _write(tmp_path / "zeros.tar.gz", contents)
     assert hostile.stat().st_size < packed.stat().st_size + 100_000
     assert "its headers declare over" in _refused(capsys, project, victim, ["unpack", str(hostile)])
@@ -294,7 +294,7 @@ def test_files_missing_from_or_extra_to_the_manifest_are_refused(project, packed
     (("smoke/.lock", ""), "is not something `mnist-lab pack` writes"),
     (("/tmp/victim.txt", "x"), "is not a plain relative path"),
     (("smoke/html/../../../outside/victim.txt", "x"), "is not a plain relative path"),
-    (("full/runs/x", "x"), "two profiles"),
+    (("full/figures/x.pdf", "x"), "two profiles"),
     (("elsewhere/x", "x"), "is not a profile"),
     (("smoke/html/hard", tarfile.LNKTYPE), "is a hard link"),
     (("smoke/html/fifo", tarfile.FIFOTYPE), "is a fifo"),
