@@ -41,7 +41,7 @@ from .codehash import LEGACY_SCHEME, SCHEME, code_hash_of
 from .data import MD5
 
 __all__ = ["LEGACY_SCHEME", "SCHEME", "code_hash", "code_hash_of", "code_hashes", "differences", "file_hash",
-           "git_state", "keyed", "run_record", "torch_release", "training_sources"]
+           "git_state", "key_of", "keyed", "run_record", "scheme_of", "torch_release", "training_sources"]
 
 TRAINING_ENTRY = "mnist_lab.train"  # what trains; everything it imports is training code,
 RECORDED_AS_INPUTS = {"mnist_lab.experiments"}  # except what a run's value holds as data,

@@ -30,7 +30,7 @@ from .. import records
 from ..codehash import LEGACY_SCHEME, SCHEME, code_hash_of
 from ..errors import LabError
 from ..files import atomic_dir, write_json
-from ..fingerprint import file_hash, keyed, scheme_of
+from ..fingerprint import file_hash, key_of, keyed, scheme_of
 from .cache import KEY_LENGTH
 from .directory import read_run_record
 from .frozen import commit_files
@@ -67,6 +67,8 @@ def migrated_record(record: dict, environment: dict) -> dict:
     """The record of the same run under the current scheme; LabError where its code does not verify."""
     if scheme_of(record) != LEGACY_SCHEME:
         raise LabError(f"hashed under code-hash scheme {scheme_of(record)}, which has no migration")
+    if key_of(record) != record["fingerprint"]:
+        raise LabError("its key is not the hash of what it records")
     commit = (record.get("git") or {}).get("commit")
     committed = commit_files(commit, sorted(record["code"]))
     code = {}
@@ -87,9 +89,6 @@ def migrated_record(record: dict, environment: dict) -> dict:
 def rekey_folder(folder: Path, index_name: str = "index.json") -> Rekeyed:
     """Move every legacy record in `folder` (one run per `<key[:16]>/`, names in `index_name`) to
     the current scheme, as a whole: the folder is replaced at once, or left as it was."""
-    if sys.version_info[:2] not in LEGACY_PYTHONS:
-        raise LabError(f"records hashed under {LEGACY_SCHEME} are checked with the ast.dump of Python 3.10 or "
-                       f"3.11, and this is {sys.version_info[0]}.{sys.version_info[1]}; run `mnist-lab rekey` there")
     result = Rekeyed()
     plan: dict[Path, tuple[dict, dict]] = {}  # run folder → (its new record, its new config)
     for directory in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.is_symlink()):
@@ -99,6 +98,9 @@ def rekey_folder(folder: Path, index_name: str = "index.json") -> Rekeyed:
         if scheme_of(record) == SCHEME:
             result.current.append(record["fingerprint"])
             continue
+        if sys.version_info[:2] not in LEGACY_PYTHONS:
+            raise LabError(f"records hashed under {LEGACY_SCHEME} are checked with the ast.dump of Python 3.10 or "
+                           f"3.11, and this is {sys.version_info[0]}.{sys.version_info[1]}; run `mnist-lab rekey` there")
         try:
             environment = records.read(directory / "environment.json", records.RUN_ENVIRONMENT)
             config = records.read(directory / "config.json", records.RUN_CONFIG)
