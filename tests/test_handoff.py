@@ -133,12 +133,16 @@ def test_a_legacy_record_whose_code_does_not_verify_is_left_as_it_was(tmp_path):
         return
     victim = sorted(p for p in legacy.iterdir() if p.is_dir())[0]
     record = json.loads((victim / "provenance.json").read_text())
-    record["code"]["mnist_lab/train.py"] = "0" * 64  # as if trained from code never committed
+    record["code"]["mnist_lab/train.py"] = "0" * 64  # as if trained from code never committed,
+    record["fingerprint"] = fingerprint.key_of(record)  # its key recomputed to match
     (victim / "provenance.json").write_text(json.dumps(record))
     before = {p.name: p.read_bytes() for p in victim.iterdir()}
     done = rekey.rekey_folder(legacy)
     assert list(done.refused) == [victim.name] and "is not the code the run hashed" in done.refused[victim.name]
     assert {p.name: p.read_bytes() for p in (legacy / victim.name).iterdir()} == before
+    record["inputs"]["seed"] = 7  # a record whose key is not the hash of what it says
+    (victim / "provenance.json").write_text(json.dumps(record))
+    assert rekey.rekey_folder(legacy).refused == {victim.name: "its key is not the hash of what it records"}
 
 
 def test_a_record_naming_a_commit_that_is_not_hex_never_reaches_git_as_an_option(tmp_path):
