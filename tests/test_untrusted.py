@@ -221,8 +221,8 @@ def test_an_archive_member_name_with_escape_codes_is_printed_escaped(tmp_path, c
 
 
 @pytest.mark.parametrize("setting, limit", [
-    ("lr=1e999", "lr must be a finite number from 0 to 10, got inf"),
-    ("lr=1e20", "lr must be a finite number from 0 to 10, got 1e+20"),
+    ("lr=1e999", "lr must be a finite number from 0 to 1e+12, got inf"),
+    ("lr=1e20", "lr must be a finite number from 0 to 1e+12, got 1e+20"),
     ("epochs=100000000000000000000", "epochs must be an integer from 1 to 1000"),
     ("batch_size=100000000000000000000", "batch_size must be an integer from 1 to 60000"),
     ("max_rotation=1e300", "max_rotation must be a finite number from 0 to 180"),
