@@ -44,7 +44,7 @@ class Experiment:
         for name, (minimum, maximum) in INTEGER_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-                raise LabError(f"experiment {self._label()}: {name} must be an integer from {minimum} to {maximum}, "
+                raise LabError(f"experiment {self._label()}: {name} must be an integer >= {minimum} and <= {maximum}, "
                                f"got {_shown(value)}")
         for name, (minimum, maximum) in NUMBER_LIMITS.items():
             _check_number(self, name, getattr(self, name), minimum, maximum)
