@@ -428,7 +428,7 @@ def inspect(path: str | Path, kind: Kind) -> tuple[object, str | None]:
 
 def describe(path: str | Path, kind: Kind, problem: str) -> str:
     """The one line that names a file and what is wrong with it."""
-    return f"{printable(path, 160)} is not {kind.what} mnist-lab can read ({problem})"
+    return f"{printable(path, 1000)} is not {kind.what} mnist-lab can read ({problem})"
 
 
 def read(path: str | Path, kind: Kind, *, fix: str = ""):
