@@ -15,8 +15,10 @@ OPTIMIZERS = tuple(names.OPTIMIZERS)
 NOT_RECIPE = ("name",)  # an experiment's label: a variant's is built from its validated overrides
 # The bounds of a recipe: far beyond any the report or a study trains, yet short of what would run
 # for days or exhaust memory before the first epoch ends (a batch is at most the training set).
+# Any learning rate over 1 diverges; up to 1e12 is still taken, since driving a run to a nan loss on
+# purpose is how the divergence check is tested (tests/test_train.py, test_sweep.py); 1e20 or inf is a slip.
 INTEGER_LIMITS = {"epochs": (1, 1000), "batch_size": (1, 60_000), "lr_step": (0, 1000)}
-NUMBER_LIMITS = {"lr": (0.0, 10.0), "weight_decay": (0.0, 10.0), "lr_gamma": (0.0, 10.0)}
+NUMBER_LIMITS = {"lr": (0.0, 1e12), "weight_decay": (0.0, 10.0), "lr_gamma": (0.0, 10.0)}
 MAX_ROTATION = 180.0  # degrees: any more is the same rotations again
 MODEL_NUMBER_LIMIT = 4096  # a model argument (a width, a depth, heads): the models' own are 128 or less
 
@@ -43,7 +45,7 @@ class Experiment:
         for name, (minimum, maximum) in INTEGER_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-                raise LabError(f"experiment {self._label()}: {name} must be an integer from {minimum} to {maximum}, "
+                raise LabError(f"experiment {self._label()}: {name} must be an integer >= {minimum} and <= {maximum}, "
                                f"got {_shown(value)}")
         for name, (minimum, maximum) in NUMBER_LIMITS.items():
             _check_number(self, name, getattr(self, name), minimum, maximum)

@@ -228,6 +228,7 @@ class Kind:
     max_bytes: int = MAX_BYTES
     max_depth: int = MAX_DEPTH
     max_values: int = MAX_VALUES
+    max_string: int = MAX_STRING
 
 
 NAME = Text(max_length=4096)
@@ -276,8 +277,9 @@ ARCHIVE_MANIFEST = Kind("a manifest written by `mnist-lab pack`", Object(
     max_bytes=32 * 1024**2, max_values=4 * MANIFEST_FILES + 10)
 
 # An executed notebook, as the title page reads its papermill end time (it may hold large figures).
+# Its outputs hold figures as base64 strings of megabytes.
 EXECUTED_NOTEBOOK = Kind("an executed notebook", Object(), max_bytes=256 * 1024**2, max_depth=64,
-                         max_values=10_000_000)
+                         max_values=10_000_000, max_string=256 * 1024**2)
 
 KINDS = (RUN_RECORD, RUN_INDEX, FROZEN_INDEX, FROZEN_STUDIES, FOOTPRINTS, NOTEBOOK_RECORD, RUN_CONFIG, RUN_METRICS,
          RUN_ENVIRONMENT, ARCHIVE_MANIFEST, EXECUTED_NOTEBOOK)
@@ -345,8 +347,8 @@ def _bounds_problem(value, kind: Kind) -> str | None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if len(item) > MAX_STRING:
-                return f"it holds a string of {len(item)} characters, over the {MAX_STRING} allowed"
+            if len(item) > kind.max_string:
+                return f"it holds a string of {len(item)} characters, over the {kind.max_string} allowed"
             continue
         if isinstance(item, dict):
             count += len(item)
@@ -428,7 +430,7 @@ def inspect(path: str | Path, kind: Kind) -> tuple[object, str | None]:
 
 def describe(path: str | Path, kind: Kind, problem: str) -> str:
     """The one line that names a file and what is wrong with it."""
-    return f"{printable(path, 160)} is not {kind.what} mnist-lab can read ({problem})"
+    return f"{printable(path, 1000)} is not {kind.what} mnist-lab can read ({problem})"
 
 
 def read(path: str | Path, kind: Kind, *, fix: str = ""):

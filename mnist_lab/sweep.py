@@ -156,7 +156,7 @@ def train_on_cluster(todo: list[Planned], cache: RunCache, *, address: str | Non
             except Exception as error:  # a failed task: report it, keep the others
                 message = str(getattr(error, "cause", None) or error).strip().splitlines()
                 failed.append(run.name)
-                printer(f"  {run.name}: FAILED: {message[-1] if message else type(error).__name__}")
+                printer(f"  {run.name}: FAILED: {printable(message[-1] if message else type(error).__name__, 300)}")
                 continue
             printer(f"  {run.name}: test accuracy {returned['test_accuracy']:.2f}% in {returned['seconds']:.0f} s "
                     f"on {returned['host']}")

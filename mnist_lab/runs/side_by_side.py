@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from .. import records
-from ..errors import LabError
+from ..errors import LabError, printable
 from ..files import write_json
 from ..spec import RunSpec
 
@@ -170,7 +170,7 @@ def train_side_by_side(cache, runs: list, at_once: int, printer=print, *, stall_
                         peaks[model] = max(future.result(), peaks.get(model, 0))
                     if error or problems:
                         failed.append(run.name)
-                        why = str(error or problems[0])
+                        why = printable(error or problems[0], 300)
                         printer(f"failed: {why}" if why.startswith(run.name) else f"{run.name} failed: {why}")
         except BaseException:  # Ctrl-C or a stall: stop the workers, keep what finished
             workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them

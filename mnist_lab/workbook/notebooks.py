@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import paths
-from ..errors import LabError
+from ..errors import LabError, printable
 from ..files import write_json
 from . import provenance
 from .commit import commit, executed_path, keep_failed, staging_dir
@@ -205,7 +205,7 @@ def _execute_in_order(names, reasons, *, profile, parameters, shared, force, pro
         if not force and not reasons[name]:
             print(f"[{index}/{len(names)}] {name}: fresh, skipped", flush=True)
             continue
-        why = "forced" if force else "; ".join(reasons[name])
+        why = "forced" if force else printable("; ".join(reasons[name]), 400)  # reasons quote paths from records
         print(f"[{index}/{len(names)}] {name} (profile {profile}): {why}", flush=True)
         start = time.perf_counter()
         output = execute(name, profile=profile, parameters=parameters, shared=shared, progress=progress,
