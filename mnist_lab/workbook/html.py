@@ -13,6 +13,9 @@ rewritten only when its executed notebook changed; the index only when its text 
 The records the pages quote may come from another machine (`mnist-lab unpack`): every value
 taken from one is escaped (the template's `| e`, `html.escape` here), and a record that is not
 of the shape the runner writes is shown as an unreadable record, never a traceback.
+The executed notebooks may come from another machine too: their HTML (outputs and rendered
+Markdown) is cleaned by bleach to an allowlist (`clean_html`), and the CSP is a second wall.
+No page is ever unpacked (archive.PAGES): each one here was written by this export.
 """
 
 from __future__ import annotations
