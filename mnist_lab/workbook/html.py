@@ -181,6 +181,11 @@ def _exporter():
         def sanitize_html_tags(self, html_str):  # the project's allowlist and attribute filter
             return clean_html(html_str)
 
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type == "markdown":  # cleaned once rendered, below: bleach on Markdown source
+                return cell, resources        # would escape its quotes' `>` and its code's `<`
+            return super().preprocess_cell(cell, resources, index)
+
     class Exporter(HTMLExporter):
         @pass_context  # as nbconvert's own: the filter reads the cell's attachments from the context
         def markdown2html(self, context, source):
