@@ -379,3 +379,23 @@ def test_8_sigterm_to_a_local_sweep_is_one_line_exit_143(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (143, [TERMINATED]), stderr
+
+
+def test_8_sighup_during_latex_is_one_line_exit_129_and_leaves_no_latex_partial(smoke_artifacts, tmp_path):
+    """The issue's case: SIGHUP to `report` while pdflatex runs exited 129 silently and left
+    latex.partial/ behind."""
+    import shutil
+    import signal
+
+    from mnist_lab.cli import HUNG_UP
+    from test_build_safety import _start, _wait_for
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(smoke_artifacts.parent, artifacts)
+    environment = {**os.environ, "MNIST_LAB_ARTIFACTS": str(artifacts), "PYTHONPATH": str(ROOT)}
+    process = _start("report", "--profile", "smoke", "--force", env=environment)
+    _wait_for(lambda: subprocess.run(["pgrep", "-s", str(process.pid), "pdflatex"], capture_output=True).returncode == 0)
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=120)
+    assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (129, [HUNG_UP])
+    assert not (artifacts / "smoke" / "latex.partial").exists()

@@ -306,6 +306,9 @@ def _survey(archive: tarfile.TarFile, archive_path: Path) -> tuple[str, list, di
             if total > MAX_BYTES:
                 raise _refused(archive_path, f"its headers declare over {MAX_BYTES / 1024**3:.1f} GiB "
                                              f"(at least {total / 1024**3:.1f} GiB), more than a profile")
+            problem = _runs_problem(relative, member.isdir())  # after the limits: they say more
+            if problem:
+                raise _refused(archive_path, f"{_shown(member.name)} is {problem}")
             if relative == MANIFEST:
                 files = _read_manifest(archive, member, archive_path)
             elif relative:
@@ -341,9 +344,6 @@ def _member_path(member: tarfile.TarInfo, archive_path: Path) -> tuple[str, str]
     if relative and parts[1] in PAGES:
         raise _refused(archive_path, f"{_shown(name)} is a page: pages are written by `mnist-lab report` from the "
                                      "notebooks, never carried (pack it again with this version)")
-    problem = _runs_problem(relative, member.isdir()) if relative else None
-    if problem:
-        raise _refused(archive_path, f"{_shown(name)} is {problem}")
     known = parts[1] in PACKED if relative else member.isdir()
     if not (known or (relative == MANIFEST and regular)):
         raise _refused(archive_path, f"{_shown(name)} is not something `mnist-lab pack` writes "

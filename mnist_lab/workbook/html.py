@@ -13,6 +13,9 @@ rewritten only when its executed notebook changed; the index only when its text 
 The records the pages quote may come from another machine (`mnist-lab unpack`): every value
 taken from one is escaped (the template's `| e`, `html.escape` here), and a record that is not
 of the shape the runner writes is shown as an unreadable record, never a traceback.
+The executed notebooks may come from another machine too: their HTML (outputs and rendered
+Markdown) is cleaned by bleach to an allowlist (`clean_html`), and the CSP is a second wall.
+No page is ever unpacked (archive.PAGES): each one here was written by this export.
 """
 
 from __future__ import annotations
@@ -153,6 +156,11 @@ def _exporter():
     class Sanitise(SanitizeHTML):
         def sanitize_html_tags(self, html_str):  # the project's allowlist and attribute filter
             return clean_html(html_str)
+
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type == "markdown":  # cleaned once rendered, below: bleach on Markdown source
+                return cell, resources        # would escape its quotes' `>` and its code's `<`
+            return super().preprocess_cell(cell, resources, index)
 
     class Exporter(HTMLExporter):
         @pass_context  # as nbconvert's own: the filter reads the cell's attachments from the context
