@@ -97,11 +97,11 @@ def run_folder(profile_dir: Path, name: str, seed: int = 0) -> Path:
     return cache.folder / cache.index()[name][str(seed)][:16]
 
 
-def _write_pages(profile: str) -> None:
+def write_pages(profile: str) -> None:
     """What `mnist-lab run` does after the notebooks ran: the offline pages (cli._write_pages)."""
-    from mnist_lab.cli import _write_pages as write_pages
+    from mnist_lab.cli import _write_pages
 
-    write_pages(profile)
+    _write_pages(profile)
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +120,7 @@ def smoke_artifacts(tmp_path_factory):
         patch.setenv("MNIST_LAB_ARTIFACTS", str(root))
         patch.setattr(paths, "ARTIFACTS", root)
         notebooks.execute_all(None, profile="smoke", progress=False, studies="train",  # the studies trained too
-                              after=_write_pages)
+                              after=write_pages)
         (root / "run-output.txt").write_text(printed.getvalue())
         yield root / "smoke"
 
@@ -211,7 +211,7 @@ def built_project(tmp_path_factory):
                        "trains": ('profile = "smoke"\nseeds = [0]', TRAINS)})
     with pytest.MonkeyPatch.context() as patch:
         point_at(patch, root)
-        assert notebooks.execute_all(None, profile="smoke", progress=False, after=_write_pages) == ["slow", "trains"]
+        assert notebooks.execute_all(None, profile="smoke", progress=False, after=write_pages) == ["slow", "trains"]
     return root
 
 

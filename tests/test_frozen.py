@@ -15,6 +15,8 @@ from mnist_lab.runs import RunCache
 from mnist_lab.runs import frozen as frozen_runs
 from mnist_lab.workbook import notebooks
 
+from conftest import write_pages
+
 STUDY_NOTEBOOKS = ["q2_cnn", "q3_comparison"]
 
 
@@ -122,7 +124,7 @@ def test_freezing_again_trains_nothing_already_frozen_and_refuses_what_is_not(fr
 
 
 def test_a_build_reads_the_frozen_studies_and_says_so(frozen_smoke, capsys):
-    ran = notebooks.execute_all(["q2_cnn"], profile="smoke", progress=False)
+    ran = notebooks.execute_all(["q2_cnn"], profile="smoke", progress=False, after=write_pages)
     printed = capsys.readouterr().out
     assert ran == ["q2_cnn"]
     assert "frozen: " in printed and "every key matching this code" in printed

@@ -207,8 +207,9 @@ def test_a_report_from_stale_artifacts_is_refused_or_marked(smoke_report, tmp_pa
     _use_artifacts(monkeypatch, copy)
     macros = copy / "smoke" / "macros" / "q1_losses.tex"
     macros.write_text(macros.read_text() + "% edited by hand\n")
-    with pytest.raises(LabError, match=r"the smoke artifacts are stale \(q1_losses: macros/q1_losses.tex was "
-                                       r"modified after the run\); run `mnist-lab run --profile smoke` first"):
+    with pytest.raises(LabError, match=r"the smoke artifacts are stale \(reasons: q1_losses: 1; first: "
+                                       r"macros/q1_losses.tex was modified after the run\); run `mnist-lab run "
+                                       r"--profile smoke` first"):
         report.build("smoke")
     pdf, _ = report.build("smoke", allow_stale=True)
     title_page = _pdftotext(pdf, "-f", "1", "-l", "1")
