@@ -17,7 +17,7 @@ import torch
 
 from mnist_lab import paths
 from mnist_lab.workbook import notebooks, provenance
-from mnist_lab.cli import TERMINATED, main
+from mnist_lab.cli import HUNG_UP, TERMINATED, main
 from mnist_lab.errors import LabError
 from mnist_lab.experiments import get_experiment
 from mnist_lab.runs import RunCache, check_replaceable, load_model, load_run
@@ -195,13 +195,14 @@ def test_case12_a_malformed_record_is_stale_not_a_traceback(project, capsys, rec
     assert "slow: STALE" in printed.out and printed.err == ""
 
 
-def test_case12_sigterm_is_one_line_exit_143_and_the_outputs_intact(project):
+@pytest.mark.parametrize("number, status, line", [(signal.SIGTERM, 143, TERMINATED), (signal.SIGHUP, 129, HUNG_UP)])
+def test_case12_sigterm_and_sighup_are_one_line_their_status_and_the_outputs_intact(project, number, status, line):
     before = _snapshot(project / "artifacts" / "smoke")
     process, marker = _start_slow(project)
     _wait_for(marker.exists)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(number)
     _, stderr = process.communicate(timeout=120)
-    assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (143, [TERMINATED])
+    assert (process.returncode, [text for text in stderr.splitlines() if text.strip()]) == (status, [line])
     assert _snapshot(project / "artifacts" / "smoke") == before
 
 

@@ -327,22 +327,6 @@ def test_4_a_forged_run_claiming_99_99_percent_is_not_in_the_appendix(project, f
 # ---- 8. signals: one line, the shell's status, nothing left behind -----------------------------------------
 
 
-def test_8_sighup_to_a_command_is_one_line_exit_129_and_the_outputs_intact(project):
-    import signal
-
-    from mnist_lab.cli import HUNG_UP
-    from test_archive import _snapshot
-    from test_build_safety import _start_slow, _wait_for
-
-    before = _snapshot(project / "artifacts" / "smoke")
-    process, marker = _start_slow(project)
-    _wait_for(marker.exists)
-    process.send_signal(signal.SIGHUP)
-    _, stderr = process.communicate(timeout=120)
-    assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (129, [HUNG_UP])
-    assert _snapshot(project / "artifacts" / "smoke") == before
-
-
 def test_8_ray_prints_no_warning_lines_before_its_one_line_connection_error(tmp_path):
     import socket
 
