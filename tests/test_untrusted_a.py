@@ -377,8 +377,16 @@ def test_8_sighup_during_latex_is_one_line_exit_129_and_leaves_no_latex_partial(
     artifacts = tmp_path / "artifacts"
     shutil.copytree(smoke_artifacts.parent, artifacts)
     environment = {**os.environ, "MNIST_LAB_ARTIFACTS": str(artifacts), "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "mnist_lab", "report", "--profile", "smoke"], env=environment,
+                           capture_output=True, text=True)  # a good build first, as test_case4 does
+    assert first.returncode == 0, first.stderr[-2000:]
     process = _start("report", "--profile", "smoke", "--force", env=environment)
-    _wait_for(lambda: subprocess.run(["pgrep", "-s", str(process.pid), "pdflatex"], capture_output=True).returncode == 0)
+
+    def pdflatex_runs() -> bool:
+        assert process.poll() is None, process.communicate()[1][-2000:]  # ended before LaTeX ran: say why
+        return subprocess.run(["pgrep", "-s", str(process.pid), "pdflatex"], capture_output=True).returncode == 0
+
+    _wait_for(pdflatex_runs)
     process.send_signal(signal.SIGHUP)
     _, stderr = process.communicate(timeout=120)
     assert (process.returncode, [line for line in stderr.splitlines() if line.strip()]) == (129, [HUNG_UP])
