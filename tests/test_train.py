@@ -114,6 +114,7 @@ def test_failed_write_keeps_the_previous_directory(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
 
 
+@pytest.mark.slow  # trains three runs of several epochs: half a minute, most of the fast tier's time
 def test_an_interrupted_run_resumes_from_its_last_epoch(small_mnist, tmp_path):
     # The ViT has every kind of state a resume must restore: dropout, augmentation, a schedule.
     experiment = get_experiment("vit").replace(epochs=3, lr_step=1)
