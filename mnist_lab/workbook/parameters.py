@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 
 from .. import paths
 from ..errors import LabError
@@ -24,8 +23,10 @@ def declared_parameters(name: str) -> dict:
     if not any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in cells):
         raise LabError(f"notebook {name} has no cell tagged 'parameters', so it cannot be run with parameters; "
                        "tag its first code cell 'parameters'")
+    from ..experiments import parse_value  # the project's one literal parser, as -p and --set read values
+
     declared = papermill.inspect_notebook(str(path))
-    return {key: ast.literal_eval(info["default"]) for key, info in declared.items()}
+    return {key: parse_value(info["default"]) for key, info in declared.items()}
 
 
 def check_parameters(name: str, parameters: dict) -> None:
