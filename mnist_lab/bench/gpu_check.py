@@ -152,7 +152,8 @@ def _check(args, mps: bool) -> int:
 
 # Test modules that need a package the GPU machine may lack (Ray's wheel alone is larger than
 # what a device call can carry): left out there, and named in the report.
-OPTIONAL_TEST_PACKAGES = {"tests/test_sweep.py": "ray", "tests/test_html.py": "selenium"}
+OPTIONAL_TEST_PACKAGES = {"tests/test_sweep.py": "ray", "tests/test_html.py": "selenium",
+                          "tests/test_fuzz_readers.py": "hypothesis", "tests/test_layers.py": "grimp"}
 
 
 def _tests(selection: list[str], seconds_left: float) -> dict:
