@@ -327,6 +327,7 @@ def test_4_a_forged_run_claiming_99_99_percent_is_not_in_the_appendix(project, f
 # ---- 8. signals: one line, the shell's status, nothing left behind -----------------------------------------
 
 
+@pytest.mark.slow  # Ray connects (and times out)
 def test_8_ray_prints_no_warning_lines_before_its_one_line_connection_error(tmp_path):
     import socket
 
