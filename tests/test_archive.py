@@ -24,6 +24,7 @@ from mnist_lab.workbook import archive
 from mnist_lab.workbook.lock import lock_path, profile_lock
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
+from mnist_lab.files import check_output
 
 from conftest import lock_held_elsewhere
 
@@ -331,7 +332,7 @@ def test_pack_writes_only_to_a_regular_file_or_a_new_path(project, tmp_path, vic
 def test_a_device_node_is_refused_without_writing_to_it():
     null = Path("/dev/null")  # only looked at: the check comes before anything is written
     with pytest.raises(LabError, match="/dev/null is a character device"):
-        archive._check_out(null)
+        check_output(null, "pack")
     assert null.is_char_device()
 
 

@@ -78,7 +78,7 @@ def pack(profile: str, out: Path | None = None, weights: bool = True) -> Path:
     get_profile(profile)
     directory = paths.profile_dir(profile)
     target = Path(out) if out else paths.ARTIFACTS / f"{profile}.tar.gz"
-    _check_out(target)
+    check_output(target, "pack")  # the one check every writer of a path the user names shares
     with profile_lock(profile, "pack"):  # never a set that a run is halfway through rewriting
         entries = list(_entries(directory)) if directory.is_dir() else []
         if not weights:
@@ -90,10 +90,6 @@ def pack(profile: str, out: Path | None = None, weights: bool = True) -> Path:
             files = {relative: _add(archive, f"{profile}/{relative}", path, info) for relative, path, info in entries}
             _add_manifest(archive, profile, {relative: entry for relative, entry in files.items() if entry})
     return target
-
-
-def _check_out(target: Path) -> None:
-    check_output(target, "pack")  # the one check every writer of a user's path shares
 
 
 def _entries(directory: Path):
@@ -109,7 +105,7 @@ def _tree(path: Path, directory: Path):
         return  # this machine's state, not a result (a checkpoint, a lock, a save cut short)
     info = path.lstat()
     if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):  # unpack would refuse it
-        raise LabError(f"{path} is {_kind(info.st_mode)}; an archive carries folders and regular files only: "
+        raise LabError(f"{path} is {kind(info.st_mode)}; an archive carries folders and regular files only: "
                        "replace it with a copy or remove it, and pack again")
     problem = _runs_problem(relative, stat.S_ISDIR(info.st_mode))
     if problem:  # unpack would refuse it
@@ -186,9 +182,6 @@ def _is_record(relative: str) -> bool:
     return relative.startswith("provenance/") and relative.count("/") == 1 and relative.endswith(".json")
 
 
-_kind = kind
-
-
 # ---- unpack -------------------------------------------------------------------------------------
 
 
@@ -216,7 +209,7 @@ def _check_source(archive_path: Path) -> None:
     except OSError as error:
         raise _refused(archive_path, error.strerror or type(error).__name__) from None
     if not stat.S_ISREG(mode):
-        raise _refused(archive_path, f"it is {_kind(mode)}, not a file made by `mnist-lab pack`")
+        raise _refused(archive_path, f"it is {kind(mode)}, not a file made by `mnist-lab pack`")
 
 
 @contextmanager
