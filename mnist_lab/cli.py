@@ -333,8 +333,8 @@ def _rekey(args) -> None:
             done = rekey.rekey_folder(folder)
             print(f"{name}: {len(done.moved)} record(s) moved to code-hash scheme {rekey.SCHEME}, "
                   f"{len(done.current)} already under it, {len(done.refused)} left as they were")
-            for directory, why in sorted(done.refused.items())[:5]:
-                print(f"    {directory}: {why}")
+            for directory, why in sorted(done.refused.items())[:5]:  # a folder's name and a record's words
+                print(f"    {printable(directory, 40)}: {printable(why, 250)}")
 
 
 def _pack(args) -> None:
