@@ -48,14 +48,9 @@ def _thousands(number: int) -> str:
 
 # ---- reading what the runs recorded (untrusted: it may come from another machine) ----------
 
-def _read_json(path: Path, kind: records.Kind, *, fix: str):
-    """A JSON file the report quotes, refused with one line naming it when unreadable or not of `kind`'s
-    shape (`records`: anything else in a file is never read)."""
-    return records.read(path, kind, fix=fix)
-
 
 def _environments(directory: Path) -> list[dict]:
-    return [_read_json(path, records.RUN_ENVIRONMENT, fix=f"remove {path.parent} or train it again")
+    return [records.read(path, records.RUN_ENVIRONMENT, fix=f"remove {path.parent} or train it again")
             for path in sorted(directory.glob("runs/*/environment.json"))]
 
 
@@ -64,7 +59,7 @@ def _records(directory: Path) -> list[dict]:
     found = []
     for path in sorted(directory.glob("provenance/*.json")):
         fix = f"run the notebook again: `mnist-lab run --profile {directory.name} {path.stem}`"
-        found.append(_read_json(path, records.NOTEBOOK_RECORD, fix=fix))
+        found.append(records.read(path, records.NOTEBOOK_RECORD, fix=fix))
     return found
 
 
@@ -81,8 +76,8 @@ def _training_runs(directory: Path) -> list[tuple[str, dict, dict]]:
     runs = []
     for config_path in sorted(directory.glob("runs/*/config.json")):
         fix = f"remove {config_path.parent} or train it again"
-        config = _read_json(config_path, records.RUN_CONFIG, fix=fix)
-        metrics = _read_json(config_path.parent / "metrics.json", records.RUN_METRICS, fix=fix)
+        config = records.read(config_path, records.RUN_CONFIG, fix=fix)
+        metrics = records.read(config_path.parent / "metrics.json", records.RUN_METRICS, fix=fix)
         if not verified(config_path.parent):
             continue  # as if absent: `mnist-lab status --runs` names what is wrong with it
         # A run may go by several names (`vit`, and a study's spelled-out variant): the shortest,
