@@ -389,7 +389,7 @@ def _ray_environment(settings: dict, loopback: bool):
     (Config.initialize, as Ray does for its own token mode), its cached token, and the flag that
     makes it replace 127.0.0.1 with the machine's address (ENABLE_RAY_CLUSTER, read at import from
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: ray/_private/services.py, resolve_ip_for_localhost and
-    get_node_ip_address). The C++ config keeps them until _submit refreshes it after shutdown."""
+    get_node_ip_address). The C++ config keeps them until train_on_cluster refreshes it after shutdown."""
     import ray._private.ray_constants as constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
